@@ -1,0 +1,273 @@
+"""VideoDiT: a Wan2.1-style diffusion transformer over videos [B, T, H, W, C].
+
+Per block (as in Wan2.1, the base of Self-Forcing, LongLive and PaFu-KV): adaLN-modulated
+self-attention with 3D RoPE and RMS QK-norm, cross-attention to conditioning tokens, and a GELU
+feed-forward; a per-block modulation table [6, dim] is added to the projected timestep
+embedding. The timestep is per frame, so every frame of a chunk or of a clip can carry its own
+noise level, and RoPE takes each token's absolute frame index. Parameter names follow Wan2.1's
+(`patch_embedding`, `text_embedding`, `time_embedding`, `time_projection`, `blocks.*.self_attn.q`,
+`...cross_attn`, `ffn`, `modulation`, `head`) so its checkpoints can be mapped onto this module.
+
+Layers are stacked (leading axis 'layers') and run with `lax.scan`, or unrolled with
+`scan_layers=False`; the parameter layout is the same either way.
+"""
+
+import dataclasses
+import math
+
+import einops
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pafukv_jax.models.attention import CrossAttention, SelfAttention, block_causal_mask, dense
+from pafukv_jax.models.rope import rope_angles, token_positions
+
+ATTENTION_MODES = ('bidirectional', 'block_causal', 'cached')
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Static model description; `DiTConfig.from_config(config.model)` validates a config."""
+  image_size: tuple[int, int] = (32, 32)
+  channels: int = 3
+  patch_size: int = 4
+  dim: int = 128
+  ffn_dim: int = 512
+  num_heads: int = 4
+  num_layers: int = 4
+  freq_dim: int = 256
+  cond_dim: int = 64
+  num_cond_tokens: int = 4
+  num_classes: int = 10
+  frame_cond_dim: int = 0
+  eps: float = 1e-6
+  rope_theta: float = 10000.0
+  dtype: str = 'float32'
+  scan_layers: bool = True
+
+  @classmethod
+  def from_config(cls, config) -> 'DiTConfig':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(config)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f'Unknown model fields {unknown}; known fields: {sorted(fields)}.')
+    if 'image_size' in values:
+      values['image_size'] = tuple(values['image_size'])
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+  def validate(self):
+    h, w = self.image_size
+    if h % self.patch_size or w % self.patch_size:
+      raise ValueError(
+          f'model.image_size {self.image_size} is not divisible by model.patch_size '
+          f'{self.patch_size}: choose a patch size that divides both sides, or resize the frames.')
+    if self.dim % self.num_heads:
+      raise ValueError(f'model.dim {self.dim} is not divisible by model.num_heads {self.num_heads}.')
+    if self.head_dim % 2 or self.head_dim < 6:
+      raise ValueError(f'head dim {self.head_dim} must be even and >= 6 for 3D RoPE.')
+    if self.dtype not in ('float32', 'bfloat16', 'float16'):
+      raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}.")
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+  @property
+  def tokens_per_frame(self) -> int:
+    return self.grid[0] * self.grid[1]
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding [..., dim] of timesteps on Wan's 0..1000 scale (cos first)."""
+  half = dim // 2
+  freqs = jnp.power(10000.0, -jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _layer_norm(cfg, dim, rngs, affine=False):
+  return nnx.LayerNorm(dim, epsilon=cfg.eps, use_bias=affine, use_scale=affine,
+                       dtype=cfg.compute_dtype, rngs=rngs)
+
+
+class MLP(nnx.Module):
+  """Two linear layers with an activation between (Wan's `nn.Sequential(Linear, act, Linear)`)."""
+
+  def __init__(self, cfg, din, dhidden, dout, act, axes=('embed', 'mlp'), *, rngs):
+    self.fc1 = dense(cfg, din, dhidden, axes, rngs)
+    self.fc2 = dense(cfg, dhidden, dout, axes[::-1], rngs)
+    self.act = act
+
+  def __call__(self, x):
+    return self.fc2(self.act(self.fc1(x)))
+
+
+def _gelu_tanh(x):
+  return jax.nn.gelu(x, approximate=True)
+
+
+class DiTBlock(nnx.Module):
+  """One transformer block; activations are [B, T, S, dim] (S tokens per frame)."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    self.norm1 = _layer_norm(cfg, cfg.dim, rngs)
+    self.self_attn = SelfAttention(cfg, rngs=rngs)
+    self.norm3 = _layer_norm(cfg, cfg.dim, rngs, affine=True)
+    self.cross_attn = CrossAttention(cfg, rngs=rngs)
+    self.norm2 = _layer_norm(cfg, cfg.dim, rngs)
+    self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, _gelu_tanh, rngs=rngs)
+    init = nnx.initializers.normal(1.0 / math.sqrt(cfg.dim))
+    self.modulation = nnx.Param(
+        nnx.with_partitioning(init, (None, 'embed'))(rngs.params(), (6, cfg.dim)))
+
+  def __call__(self, x, e, context, angles, mask=None, cache_kv=None):
+    """x [B, T, S, dim]; e [B, T, 6, dim] per-frame modulation. Returns (x, (k, v))."""
+    b, t, s, d = x.shape
+    mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]  # [B, T, 6, 1, dim]
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = [mod[:, :, i] for i in range(6)]
+    flat = lambda y: y.reshape(b, t * s, d)
+    h = self.norm1(x) * (1 + scale_sa) + shift_sa
+    y, kv = self.self_attn(flat(h).astype(x.dtype), angles, mask, cache_kv)
+    x = x + (y.reshape(x.shape) * gate_sa).astype(x.dtype)
+    x = x + self.cross_attn(flat(self.norm3(x)), context).reshape(x.shape)
+    h = self.norm2(x) * (1 + scale_ff) + shift_ff
+    x = x + (self.ffn(h.astype(x.dtype)) * gate_ff).astype(x.dtype)
+    return x, kv
+
+
+class Head(nnx.Module):
+  """Output head: modulated LayerNorm and a linear map to patch pixels."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    out = cfg.patch_size ** 2 * cfg.channels
+    self.norm = _layer_norm(cfg, cfg.dim, rngs)
+    self.head = dense(cfg, cfg.dim, out, ('embed', None), rngs)
+    init = nnx.initializers.normal(1.0 / math.sqrt(cfg.dim))
+    self.modulation = nnx.Param(
+        nnx.with_partitioning(init, (None, 'embed'))(rngs.params(), (2, cfg.dim)))
+
+  def __call__(self, x, e):
+    """x [B, T, S, dim], e [B, T, dim] (the unprojected time embedding)."""
+    mod = self.modulation[...] + e.astype(jnp.float32)[:, :, None, :]  # [B, T, 2, dim]
+    shift, scale = mod[:, :, None, 0], mod[:, :, None, 1]
+    return self.head((self.norm(x) * (1 + scale) + shift).astype(x.dtype))
+
+
+class VideoDiT(nnx.Module):
+  """Flow-matching velocity model v(x_t, t) for videos; see the module docstring."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    patch_pixels = cfg.patch_size ** 2 * cfg.channels
+    self.patch_embedding = dense(cfg, patch_pixels, cfg.dim, (None, 'embed'), rngs)
+    # Class labels stand in for prompts: each label is a short sequence of conditioning tokens
+    # that goes through Wan's text_embedding. Index num_classes is the null label.
+    self.label_embedding = nnx.Embed(
+        cfg.num_classes + 1, cfg.num_cond_tokens * cfg.cond_dim,
+        embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ('vocab', 'embed')),
+        rngs=rngs)
+    self.text_embedding = MLP(cfg, cfg.cond_dim, cfg.dim, cfg.dim, _gelu_tanh, rngs=rngs)
+    self.time_embedding = MLP(cfg, cfg.freq_dim, cfg.dim, cfg.dim, jax.nn.silu, rngs=rngs)
+    self.time_projection = dense(cfg, cfg.dim, 6 * cfg.dim, ('embed', 'mlp'), rngs)
+    if cfg.frame_cond_dim:
+      self.frame_cond_embedding = dense(cfg, cfg.frame_cond_dim, cfg.dim, (None, 'embed'), rngs)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make_blocks(rngs):
+      return DiTBlock(cfg, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.head = Head(cfg, rngs=rngs)
+
+  # -- pieces ---------------------------------------------------------------------------------
+
+  def patchify(self, video):
+    p = self.cfg.patch_size
+    return einops.rearrange(video, 'b t (h p) (w q) c -> b t (h w) (c p q)', p=p, q=p)
+
+  def unpatchify(self, tokens):
+    p, (gh, gw) = self.cfg.patch_size, self.cfg.grid
+    return einops.rearrange(tokens, 'b t (h w) (p q c) -> b t (h p) (w q) c', h=gh, w=gw, p=p, q=p)
+
+  def condition(self, label):
+    """Conditioning tokens [B, num_cond_tokens, dim] for integer labels [B]."""
+    cfg = self.cfg
+    tokens = self.label_embedding(label).reshape(label.shape[0], cfg.num_cond_tokens, cfg.cond_dim)
+    return self.text_embedding(tokens.astype(cfg.compute_dtype))
+
+  def time_condition(self, t, frame_cond=None):
+    """Per-frame (e [B, T, dim], e0 [B, T, 6, dim]) for noise levels t [B, T] in [0, 1]."""
+    e = self.time_embedding(timestep_embedding(1000.0 * t, self.cfg.freq_dim))
+    if self.cfg.frame_cond_dim:
+      if frame_cond is None:
+        raise ValueError('This model has frame_cond_dim > 0: pass frame_cond [B, T, frame_cond_dim].')
+      e = e + self.frame_cond_embedding(frame_cond.astype(e.dtype))
+    e0 = self.time_projection(jax.nn.silu(e))
+    return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
+
+  def run_blocks(self, x, e0, context, angles, mask, cache_kv):
+    """All blocks; returns (x, (k, v) stacked over layers [L, B, N, H, Dh])."""
+    graphdef, state = nnx.split(self.blocks)
+
+    def layer(x, layer_state, layer_cache):
+      return nnx.merge(graphdef, layer_state)(x, e0, context, angles, mask, layer_cache)
+
+    if self.cfg.scan_layers:
+      return jax.lax.scan(lambda x, xs: layer(x, *xs), x, (state, cache_kv))
+    kvs = []
+    for i in range(self.cfg.num_layers):
+      pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
+      x, kv = layer(x, pick(state), pick(cache_kv))
+      kvs.append(kv)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *kvs)
+
+  # -- forward --------------------------------------------------------------------------------
+
+  def __call__(self, video, t, frame_index, label, frame_cond=None, *,
+               mode='bidirectional', chunk_frames=1, cache_kv=None, return_kv=False):
+    """Predicts the flow velocity for `video` [B, T, H, W, C].
+
+    t: [B, T] noise level of every frame in [0, 1] (0 = clean).
+    frame_index: [B, T] or [T] absolute frame indices (RoPE positions and chunk membership).
+    label: [B] int class labels (num_classes = unconditional).
+    mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
+    cache_kv: for 'cached', (k, v [L, B, C, H, Dh], valid [L, B, C]) read by every block.
+    return_kv: also return the (k, v) [L, B, T*S, H, Dh] of these tokens, as the cache stores them.
+    """
+    if mode not in ATTENTION_MODES:
+      raise ValueError(f'Unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}.')
+    if (mode == 'cached') != (cache_kv is not None):
+      raise ValueError("cache_kv is required by mode='cached' and only by it.")
+    cfg = self.cfg
+    b, nt = video.shape[:2]
+    frame_index = jnp.broadcast_to(frame_index, (b, nt))
+    x = self.patch_embedding(self.patchify(video.astype(cfg.compute_dtype)))  # [B, T, S, dim]
+    e, e0 = self.time_condition(t, frame_cond)
+    context = self.condition(label)
+    positions = token_positions(frame_index, *cfg.grid)
+    angles = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
+    mask = None
+    if mode == 'block_causal':
+      mask = block_causal_mask(positions[..., 0], chunk_frames)
+    x, kv = self.run_blocks(x, e0, context, angles, mask, cache_kv)
+    velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
+    return (velocity, kv) if return_kv else velocity
+
+
+def init_model(cfg: DiTConfig, seed: int = 0) -> VideoDiT:
+  """Builds the model with random weights; sharding annotations stay metadata until a mesh is set."""
+  with nnx.use_eager_sharding(False):
+    return VideoDiT(cfg, rngs=nnx.Rngs(seed))

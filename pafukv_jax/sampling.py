@@ -1,0 +1,235 @@
+"""Autoregressive rollout, Self-Forcing style, with a fixed-size KV cache.
+
+Per chunk of F frames: K denoising passes read the cache (read-only), then one pass over the
+clean chunk at t = 0 writes its keys/values into the cache through the policy's update. Context
+frames, if given, are prefilled through the same clean pass, chunk by chunk. The chunk step is
+one jitted function with the cache donated; the chunk index is traced, so a rollout of any
+length compiles it once.
+
+`recompute` keeps no cache: for every chunk it runs the block-causal model over a [B, T] video
+buffer (finished chunks clean at t = 0, later ones masked out by causality). It is slow and
+exact: the cached `full` rollout must match it.
+"""
+
+import dataclasses
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pafukv_jax import diffusion
+from pafukv_jax.cache import kv_cache
+from pafukv_jax.cache.policies import RECOMPUTE, get_policy
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  num_frames: int                 # frames of the whole video, context included
+  chunk_frames: int = 1           # frames generated together (one cache write)
+  context_frames: int = 0         # given frames at the start, prefilled into the cache
+  timesteps: tuple = (1000, 750, 500, 250)
+  shift: float = 5.0
+  sampler: str = 'euler'
+
+  def validate(self):
+    f = self.chunk_frames
+    if f < 1:
+      raise ValueError(f'chunk_frames must be >= 1, got {f}.')
+    if self.num_frames % f or self.context_frames % f:
+      raise ValueError(
+          f'num_frames={self.num_frames} and context_frames={self.context_frames} must be '
+          f'multiples of chunk_frames={f}.')
+    if not 0 <= self.context_frames < self.num_frames:
+      raise ValueError(f'context_frames={self.context_frames} must be in [0, num_frames={self.num_frames}).')
+    if self.sampler not in diffusion.SAMPLERS:
+      raise ValueError(f'Unknown sampler {self.sampler!r}; expected one of {diffusion.SAMPLERS}.')
+    diffusion.sampling_schedule(self.timesteps, self.shift)
+
+  @property
+  def num_chunks(self) -> int:
+    return self.num_frames // self.chunk_frames
+
+
+# Every sample has its own key [B], so a sample's video does not depend on the batch it is in.
+_fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+
+
+def chunk_noise(keys, chunk_index, step, shape):
+  """Noise [B, *shape] of chunk n at sampler step k (k = 0: the initial noise).
+
+  The same for every policy and for `recompute`, so their videos can be compared."""
+  k = _fold(_fold(_fold(keys, 0), chunk_index), step)
+  return jax.vmap(lambda key: jax.random.normal(key, shape))(k)
+
+
+def chunk_policy_keys(keys, chunk_index):
+  """Keys [B] a policy may use when chunk n enters the cache (disjoint from the noise)."""
+  return _fold(_fold(keys, 1), chunk_index)
+
+
+def denoise_chunk(velocity_fn, keys, chunk_index, shape, rc: RolloutConfig):
+  """K sampler steps from pure noise; velocity_fn(x, t [B, F]) -> v. Returns the clean chunk."""
+  sigmas = diffusion.sampling_schedule(rc.timesteps, rc.shift)
+  x = chunk_noise(keys, chunk_index, 0, shape[1:])
+  for k in range(sigmas.shape[0]):
+    t = jnp.full(shape[:2], sigmas[k])
+    t_next = jnp.full(shape[:2], sigmas[k + 1] if k + 1 < sigmas.shape[0] else 0.0)
+    fresh = chunk_noise(keys, chunk_index, k + 1, shape[1:])
+    x = diffusion.sampler_step(rc.sampler, x, velocity_fn(x, t), t, t_next, fresh)
+  return x
+
+
+def _chunk_slice(a, chunk_index, chunk_frames):
+  """Frames of chunk n of a [B, T, ...] array (None passes through)."""
+  if a is None:
+    return None
+  return jax.lax.dynamic_slice_in_dim(a, chunk_index * chunk_frames, chunk_frames, axis=1)
+
+
+def sample_keys(seed: int, sample_ids) -> jax.Array:
+  """One PRNG key per sample id: sample i of seed s is the same video in any batch."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(sample_ids, jnp.uint32))
+
+
+class Sampler:
+  """Generates videos with one policy; holds the jitted steps, so reuse it across batches."""
+
+  def __init__(self, model: nnx.Module, rollout: RolloutConfig, policy: str, cache_config=None):
+    rollout.validate()
+    self.rc = rollout
+    self.model_cfg = model.cfg
+    self.graphdef, self.params = nnx.split(model)
+    self.policy_name = policy
+    if policy == RECOMPUTE:
+      self.policy, self.spec = None, None
+      self._step = jax.jit(self._recompute_step, donate_argnums=(1,))
+    else:
+      self.policy = get_policy(policy)
+      self.spec = kv_cache.CacheSpec.from_config(
+          self.policy, cache_config, num_frames=rollout.num_frames,
+          chunk_frames=rollout.chunk_frames, tokens_per_frame=model.cfg.tokens_per_frame)
+      self._step = jax.jit(self._cached_step, donate_argnums=(1,))
+      self._prefill = jax.jit(self._prefill_step, donate_argnums=(1,))
+    self.chunk_seconds: list[float] = []
+
+  # -- cache ----------------------------------------------------------------------------------
+
+  def init_cache(self, batch: int) -> kv_cache.KVCache:
+    cfg = self.model_cfg
+    return kv_cache.init_cache(cfg.num_layers, batch, self.spec.capacity, cfg.num_heads,
+                               cfg.head_dim, cfg.compute_dtype)
+
+  def cache_bytes(self, batch: int) -> int:
+    if self.spec is None:
+      return 0
+    return jax.eval_shape(lambda: self.init_cache(batch)).nbytes
+
+  def _write(self, model, cache, clean, frames, label, frame_cond, keys):
+    """Clean pass at t = 0 over a chunk; its K/V enter the cache through the policy."""
+    b, f = clean.shape[:2]
+    _, (k, v) = model(clean, jnp.zeros((b, f)), frames, label, frame_cond, mode='cached',
+                      cache_kv=cache.layer_view(), return_kv=True)
+    s = self.model_cfg.tokens_per_frame
+    token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
+    new_score = jnp.zeros(k.shape[:3])
+    all_frames = jnp.concatenate(
+        [cache.frame, jnp.broadcast_to(token_frames, new_score.shape)], axis=-1)
+    all_scores = jnp.concatenate([cache.score, new_score], axis=-1)
+    keep = self.policy.score(all_frames, all_scores, keys)
+    return kv_cache.update_cache(cache, k, v, token_frames, new_score, keep,
+                                 sink_frames=self.spec.sink_frames,
+                                 recent_frames=self.spec.recent_frames)
+
+  def _prefill_step(self, params, cache, chunk_index, context, label, frame_cond, keys):
+    model = nnx.merge(self.graphdef, params)
+    f = self.rc.chunk_frames
+    frames = chunk_index * f + jnp.arange(f)
+    clean = _chunk_slice(context, chunk_index, f)
+    fc = _chunk_slice(frame_cond, chunk_index, f)
+    return self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index))
+
+  def _cached_step(self, params, cache, chunk_index, label, frame_cond, keys):
+    model = nnx.merge(self.graphdef, params)
+    f = self.rc.chunk_frames
+    frames = chunk_index * f + jnp.arange(f)
+    fc = _chunk_slice(frame_cond, chunk_index, f)
+    b = label.shape[0]
+    shape = (b, f, *self.model_cfg.image_size, self.model_cfg.channels)
+    read = cache.layer_view()
+
+    def velocity(x, t):
+      return model(x, t, frames, label, fc, mode='cached', cache_kv=read)
+
+    clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
+    return self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index)), clean
+
+  # -- recompute ------------------------------------------------------------------------------
+
+  def _recompute_step(self, params, video, chunk_index, label, frame_cond, keys):
+    """video [B, T, ...]: frames before chunk n are final; returns it with chunk n filled."""
+    model = nnx.merge(self.graphdef, params)
+    f, num_frames = self.rc.chunk_frames, self.rc.num_frames
+    b = video.shape[0]
+    all_frames = jnp.arange(num_frames)
+    in_chunk = (all_frames // f) == chunk_index
+
+    def velocity(x, t):
+      start = chunk_index * f
+      buf = jax.lax.dynamic_update_slice_in_dim(video, x.astype(video.dtype), start, axis=1)
+      t_all = jnp.where(in_chunk[None], jax.lax.dynamic_update_slice_in_dim(
+          jnp.zeros((b, num_frames)), t, start, axis=1), 0.0)
+      v = model(buf, t_all, all_frames, label, frame_cond, mode='block_causal', chunk_frames=f)
+      return _chunk_slice(v, chunk_index, f)
+
+    shape = (b, f, *video.shape[2:])
+    clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
+    return jax.lax.dynamic_update_slice_in_dim(video, clean, chunk_index * f, axis=1), clean
+
+  # -- driver ---------------------------------------------------------------------------------
+
+  def generate(self, keys, label, context=None, frame_cond=None, progress=None) -> jax.Array:
+    """Returns videos [B, num_frames, H, W, C] (the context frames first, as given).
+
+    keys: [B] PRNG keys, one per sample (see `sample_keys`); label [B] int; context [B, context_frames, H, W, C] or None;
+    frame_cond [B, num_frames, frame_cond_dim] or None; progress: a callable(n) after each chunk.
+    Wall time of each generated chunk (blocked until ready) goes to `self.chunk_seconds`.
+    """
+    rc, cfg = self.rc, self.model_cfg
+    label = jnp.asarray(label, jnp.int32)
+    b = label.shape[0]
+    if keys.shape != (b,):
+      raise ValueError(f'keys must be one PRNG key per sample, shape ({b},), got {keys.shape}.')
+    frame_shape = (*cfg.image_size, cfg.channels)
+    if rc.context_frames:
+      if context is None or context.shape != (b, rc.context_frames, *frame_shape):
+        got = None if context is None else context.shape
+        raise ValueError(f'context must have shape {(b, rc.context_frames, *frame_shape)}, got {got}.')
+      context = jnp.asarray(context, jnp.float32)
+    if (frame_cond is None) != (cfg.frame_cond_dim == 0):
+      raise ValueError(f'frame_cond [B, {rc.num_frames}, {cfg.frame_cond_dim}] is required exactly '
+                       'when model.frame_cond_dim > 0.')
+    first = rc.context_frames // rc.chunk_frames
+    self.chunk_seconds = []
+    if self.spec is None:
+      state = jnp.zeros((b, rc.num_frames, *frame_shape), jnp.float32)
+      if rc.context_frames:
+        state = state.at[:, :rc.context_frames].set(context)
+    else:
+      state = self.init_cache(b)
+      for n in range(first):
+        state = self._prefill(self.params, state, jnp.int32(n), context, label, frame_cond, keys)
+    chunks = [context] if rc.context_frames else []
+    for n in range(first, rc.num_chunks):
+      start = time.perf_counter()
+      state, clean = self._step(self.params, state, jnp.int32(n), label, frame_cond, keys)
+      clean.block_until_ready()
+      self.chunk_seconds.append(time.perf_counter() - start)
+      chunks.append(clean)
+      if progress is not None:
+        progress(1)
+    self.final_state = state
+    return jnp.concatenate(chunks, axis=1)
