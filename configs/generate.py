@@ -1,0 +1,47 @@
+"""Generation with a fixed-size KV cache.
+
+python generate.py --config=configs/generate.py[:tiny] --workdir=DIR [--config.policy=window ...]
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
+  """arg: a model size from configs/common.py ('tiny' for tests and smoke runs)."""
+  c = ml_collections.ConfigDict()
+  c.policy = 'sink_window'      # recompute | full | window | sink_window
+  c.num_frames = 32             # frames per video, context included
+  c.chunk_frames = 1            # frames generated per chunk (as the student was trained)
+  c.context_frames = 0          # given frames prefilled into the cache (from `context`)
+  c.context = ''                # .npz with `videos` [N, >=context_frames, H, W, C] (and `frame_cond`)
+  c.num_samples = 4
+  c.batch_size = 4              # samples generated together; the last batch is padded
+  c.seed = 0                    # noise and labels; sample i of a seed is the same in any batch
+  c.label = -1                  # class label of every sample; -1: drawn per sample from the seed
+  c.checkpoint = ''             # student checkpoint dir; '' = random weights (smoke runs, speed)
+  c.init_seed = 0               # weights when checkpoint is empty
+
+  c.cache = ml_collections.ConfigDict()
+  c.cache.budget_frames = 8     # capacity in frames (tokens = frames x tokens per frame)
+  c.cache.sink_frames = 1       # first frames always kept (sink_window; ignored by window/full)
+  c.cache.recent_frames = 0     # newest frames always kept, beside the incoming chunk
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.timesteps = (1000, 750, 500, 250)  # of 1000, Self-Forcing's 4 steps
+  c.sampling.shift = 5.0
+  c.sampling.sampler = 'euler'  # euler (ODE) | renoise (x0 prediction, fresh noise)
+
+  c.video = ml_collections.ConfigDict()
+  c.video.fps = 8
+  c.video.scale = 4             # nearest-neighbour upscaling of the written GIFs
+
+  c.model = common.model_config(arg)
+  if arg == 'tiny':
+    c.num_frames = 8
+    c.num_samples = 2
+    c.batch_size = 2
+    c.cache.budget_frames = 3
+    c.video.scale = 2
+  return c

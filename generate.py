@@ -1,0 +1,36 @@
+"""Generates videos autoregressively with a fixed-size KV cache.
+
+  python generate.py --config=configs/generate.py --workdir=DIR [--config.policy=window ...]
+
+Writes DIR/samples.npz (`videos` [N, T, H, W, C] in [-1, 1]), DIR/videos/sample_XXXX.gif,
+DIR/metrics.json (policy, cache size, seconds per frame, compilations) and DIR/config.json.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from pafukv_jax import generation
+
+config_flags.DEFINE_config_file('config', 'configs/generate.py', 'Generation config file.')
+flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
+flags.DEFINE_bool('overwrite', False, 'Replace results already in --workdir.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    metrics = generation.generate(FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
+  except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: say what, not where
+    sys.exit(f'generate.py: error: {e}')
+  spf = metrics['seconds_per_frame']
+  print(f"{metrics['policy']}: {metrics['num_samples']} videos of {metrics['num_frames']} frames in "
+        f"{FLAGS.workdir}; {'n/a' if spf is None else f'{1000 * spf:.1f} ms'}/frame, "
+        f"cache {metrics['cache_bytes'] / 2**20:.2f} MiB, {metrics['compiles']} compilation(s)")
+
+
+if __name__ == '__main__':
+  app.run(main)

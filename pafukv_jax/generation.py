@@ -1,0 +1,178 @@
+"""Batch generation from a config: what `generate.py` runs, callable from sweeps and scripts."""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import logging
+
+from pafukv_jax import checkpoints, sampling, video_io
+from pafukv_jax.cache.policies import RECOMPUTE, ROLLOUT_POLICIES, get_policy
+from pafukv_jax.compile_counter import CompileCounter
+from pafukv_jax.models.dit import DiTConfig, init_model
+
+OUTPUTS = ('samples.npz', 'metrics.json', 'videos')
+STEP_NAMES = ('_cached_step', '_prefill_step', '_recompute_step')
+
+
+def rollout_config(cfg) -> sampling.RolloutConfig:
+  rc = sampling.RolloutConfig(
+      num_frames=cfg.num_frames, chunk_frames=cfg.chunk_frames, context_frames=cfg.context_frames,
+      timesteps=tuple(cfg.sampling.timesteps), shift=cfg.sampling.shift,
+      sampler=cfg.sampling.sampler)
+  rc.validate()
+  return rc
+
+
+def check_workdir(workdir: str, overwrite: bool) -> None:
+  present = [name for name in OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+  if present and not overwrite:
+    raise FileExistsError(
+        f'{workdir} already holds results ({", ".join(present)}); choose a new --workdir or pass '
+        '--overwrite to replace them (they are replaced only once the new run has finished).')
+
+
+def load_context(cfg, model_cfg: DiTConfig):
+  """(videos [N, context_frames, H, W, C], frame_cond [N, T, D] or None) from cfg.context."""
+  need_cond = model_cfg.frame_cond_dim > 0
+  if not cfg.context_frames and not need_cond:
+    return None, None
+  if not cfg.context:
+    raise ValueError('config.context must name an .npz file with `videos` (and `frame_cond` for '
+                     'a model with frame_cond_dim > 0) when context_frames > 0 or frame_cond_dim > 0.')
+  if not os.path.isfile(cfg.context):
+    raise FileNotFoundError(f'config.context file {cfg.context} does not exist.')
+  data = np.load(cfg.context)
+  frame_shape = (*model_cfg.image_size, model_cfg.channels)
+  videos = data['videos'] if 'videos' in data else None
+  if cfg.context_frames:
+    if videos is None or videos.ndim != 5 or videos.shape[2:] != frame_shape \
+        or videos.shape[1] < cfg.context_frames:
+      got = None if videos is None else videos.shape
+      raise ValueError(f'{cfg.context}: `videos` must be [N, >={cfg.context_frames}, '
+                       f'{", ".join(map(str, frame_shape))}], got {got}.')
+    videos = videos[:, :cfg.context_frames].astype(np.float32)
+  cond = None
+  if need_cond:
+    cond = data['frame_cond'] if 'frame_cond' in data else None
+    want = (cfg.num_frames, model_cfg.frame_cond_dim)
+    if cond is None or cond.ndim != 3 or cond.shape[1:] != want:
+      raise ValueError(f'{cfg.context}: `frame_cond` must be [N, {want[0]}, {want[1]}], '
+                       f'got {None if cond is None else cond.shape}.')
+    cond = cond.astype(np.float32)
+  return (videos if cfg.context_frames else None), cond
+
+
+def sample_labels(cfg, model_cfg: DiTConfig) -> np.ndarray:
+  if cfg.label >= 0:
+    if cfg.label > model_cfg.num_classes:
+      raise ValueError(f'config.label={cfg.label} is outside [0, {model_cfg.num_classes}] '
+                       f'({model_cfg.num_classes} = unconditional).')
+    return np.full(cfg.num_samples, cfg.label, np.int32)
+  if model_cfg.num_classes == 0:
+    return np.zeros(cfg.num_samples, np.int32)
+  return np.random.default_rng(cfg.seed).integers(0, model_cfg.num_classes, cfg.num_samples,
+                                                  dtype=np.int32)
+
+
+def build_model(cfg):
+  model_cfg = DiTConfig.from_config(cfg.model)
+  model = init_model(model_cfg, cfg.init_seed)
+  if cfg.checkpoint:
+    checkpoints.load_params(cfg.checkpoint, model)
+  else:
+    logging.warning('No checkpoint given: generating with random weights (smoke run / speed).')
+  return model
+
+
+def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
+  """Generates cfg.num_samples videos into workdir; returns the metrics it writes."""
+  # Every check comes before any work and before anything in workdir is touched.
+  if cfg.policy not in ROLLOUT_POLICIES:
+    raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of {list(ROLLOUT_POLICIES)}.')
+  if cfg.num_samples < 1 or cfg.batch_size < 1:
+    raise ValueError('num_samples and batch_size must be >= 1.')
+  rc = rollout_config(cfg)
+  model_cfg = DiTConfig.from_config(cfg.model)
+  if cfg.policy != RECOMPUTE:
+    from pafukv_jax.cache.kv_cache import CacheSpec
+    CacheSpec.from_config(get_policy(cfg.policy), cfg.cache, num_frames=rc.num_frames,
+                          chunk_frames=rc.chunk_frames, tokens_per_frame=model_cfg.tokens_per_frame)
+  check_workdir(workdir, overwrite)
+  context, frame_cond = load_context(cfg, model_cfg)
+  labels = sample_labels(cfg, model_cfg)
+  model = build_model(cfg)
+  sampler = sampling.Sampler(model, rc, cfg.policy, cfg.cache)
+
+  batch = min(cfg.batch_size, cfg.num_samples)
+  num_batches = -(-cfg.num_samples // batch)
+  generated_chunks = rc.num_chunks - rc.context_frames // rc.chunk_frames
+  videos, chunk_seconds = [], []
+  bar = tqdm.tqdm(total=num_batches * generated_chunks, unit='chunk', desc=cfg.policy,
+                  disable=None, dynamic_ncols=True)
+  with CompileCounter(*STEP_NAMES) as compiles:
+    start = time.perf_counter()
+    for i in range(num_batches):
+      ids = np.arange(i * batch, (i + 1) * batch) % cfg.num_samples  # pad the last batch
+      pick = lambda a: None if a is None else jnp.asarray(a[ids % a.shape[0]])
+      out = sampler.generate(sampling.sample_keys(cfg.seed, ids), labels[ids], pick(context),
+                             pick(frame_cond), progress=bar.update)
+      videos.append(np.asarray(out))
+      chunk_seconds += sampler.chunk_seconds
+    total_seconds = time.perf_counter() - start
+  bar.close()
+  videos = np.clip(np.concatenate(videos)[:cfg.num_samples], -1.0, 1.0).astype(np.float32)
+
+  steady = chunk_seconds[1:]
+  steady_chunk = float(np.mean(steady)) if steady else None
+  metrics = dict(
+      policy=cfg.policy,
+      budget_tokens=sampler.spec.capacity if sampler.spec else None,
+      budget_frames=sampler.spec.capacity_frames if sampler.spec else None,
+      sink_frames=sampler.spec.sink_frames if sampler.spec else 0,
+      cache_bytes=sampler.cache_bytes(batch),
+      batch_size=batch,
+      tokens_per_frame=model_cfg.tokens_per_frame,
+      num_frames=rc.num_frames,
+      context_frames=rc.context_frames,
+      chunk_frames=rc.chunk_frames,
+      num_samples=cfg.num_samples,
+      seconds_per_frame=steady_chunk / rc.chunk_frames if steady else None,
+      compile_seconds=chunk_seconds[0] - (steady_chunk or 0.0),
+      compiles=compiles.count,
+      total_seconds=total_seconds,
+      chunk_seconds=chunk_seconds,
+      device=jax.devices()[0].device_kind,
+      checkpoint=cfg.checkpoint or None,
+  )
+  _write_outputs(workdir, videos, metrics, cfg)
+  return metrics
+
+
+def _write_outputs(workdir, videos, metrics, cfg):
+  """Writes into a fresh folder beside the outputs, then moves each into place."""
+  os.makedirs(workdir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix='.generate-', dir=workdir)
+  try:
+    np.savez(os.path.join(tmp, 'samples.npz'), videos=videos)
+    os.makedirs(os.path.join(tmp, 'videos'))
+    for i, video in enumerate(videos):
+      video_io.write_gif(os.path.join(tmp, 'videos', f'sample_{i:04d}.gif'), video,
+                         fps=cfg.video.fps, scale=cfg.video.scale)
+    with open(os.path.join(tmp, 'metrics.json'), 'w') as f:
+      json.dump(metrics, f, indent=2)
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+    for name in (*OUTPUTS, 'config.json'):
+      dst = os.path.join(workdir, name)
+      if os.path.isdir(dst):
+        shutil.rmtree(dst)
+      os.replace(os.path.join(tmp, name), dst)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
