@@ -3,7 +3,6 @@
 import os
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -14,7 +13,7 @@ def save_params(path: str, model: nnx.Module) -> None:
   if os.path.exists(path):
     raise FileExistsError(f'{path} exists; choose a new checkpoint directory.')
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, nnx.state(model, nnx.Param).to_pure_dict())
+  checkpointer.save(path, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   checkpointer.wait_until_finished()
 
 
@@ -35,7 +34,8 @@ def load_params(path: str, model: nnx.Module) -> nnx.Module:
   checkpointer = ocp.StandardCheckpointer()
   saved = _flat(checkpointer.metadata(path).item_metadata.tree)
   state = nnx.state(model, nnx.Param)
-  expected = _flat(state.to_pure_dict())
+  pure = nnx.to_pure_dict(state)
+  expected = _flat(pure)
   problems = [f'{k}: missing in checkpoint' for k in expected if k not in saved]
   problems += [f'{k}: not in the model' for k in saved if k not in expected]
   problems += [f'{k}: checkpoint {tuple(saved[k].shape)} vs config {tuple(v.shape)}'
@@ -44,7 +44,7 @@ def load_params(path: str, model: nnx.Module) -> nnx.Module:
     shown = '\n  '.join(problems[:12]) + ('\n  ...' if len(problems) > 12 else '')
     raise ValueError(f'checkpoint {path} does not match the model config '
                      f'({len(problems)} problems); check the model.* fields:\n  {shown}')
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.to_pure_dict())
-  state.replace_by_pure_dict(checkpointer.restore(path, abstract))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pure)
+  nnx.replace_by_pure_dict(state, checkpointer.restore(path, abstract))
   nnx.update(model, state)
   return model

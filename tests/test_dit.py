@@ -1,0 +1,114 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from pafukv_jax.cache import kv_cache
+from pafukv_jax.models.dit import DiTConfig, init_model
+from tests.helpers import tiny_model, tiny_model_config
+
+
+def _inputs(cfg, b=2, t=6, seed=0):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  video = jax.random.normal(k1, (b, t, *cfg.image_size, cfg.channels))
+  times = jax.random.uniform(k2, (b, t))
+  return video, times, jnp.arange(t), jnp.array([3, 10])[:b]
+
+
+def test_shapes_and_kv():
+  model = tiny_model()
+  cfg = model.cfg
+  video, times, frames, label = _inputs(cfg)
+  v, (k, vv) = model(video, times, frames, label, return_kv=True)
+  assert v.shape == video.shape and v.dtype == jnp.float32
+  n = 6 * cfg.tokens_per_frame
+  assert k.shape == vv.shape == (cfg.num_layers, 2, n, cfg.num_heads, cfg.head_dim)
+
+
+def test_cached_chunk_equals_block_causal_forward():
+  """Chunks written through the cache, then one chunk attending to it = the parallel forward."""
+  model = tiny_model()
+  cfg = model.cfg
+  f = 2
+  video, times, frames, label = _inputs(cfg)
+  times = times.at[:, :4].set(0.0)  # earlier chunks clean, as the rollout writes them
+  want = model(video, times, frames, label, mode='block_causal', chunk_frames=f)
+
+  cache = kv_cache.init_cache(cfg.num_layers, 2, 4 * cfg.tokens_per_frame, cfg.num_heads,
+                              cfg.head_dim)
+  s = cfg.tokens_per_frame
+  for c in range(2):
+    sl = slice(c * f, (c + 1) * f)
+    out, (k, v) = model(video[:, sl], times[:, sl], frames[sl], label, mode='cached',
+                        cache_kv=cache.layer_view(), return_kv=True)
+    np.testing.assert_allclose(out, want[:, sl], atol=1e-5, rtol=1e-5)
+    token_frames = jnp.broadcast_to(jnp.repeat(frames[sl], s), (2, f * s))
+    score = jnp.zeros(k.shape[:3])
+    keep = jnp.zeros((cfg.num_layers, 2, cache.capacity + f * s))
+    cache = kv_cache.update_cache(cache, k, v, token_frames, score, keep)
+  out = model(video[:, 4:], times[:, 4:], frames[4:], label, mode='cached',
+              cache_kv=cache.layer_view())
+  np.testing.assert_allclose(out, want[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+def test_block_causal_ignores_the_future_and_bidirectional_does_not():
+  model = tiny_model()
+  video, times, frames, label = _inputs(model.cfg)
+  changed = video.at[:, 4:].add(1.0)
+  causal = lambda x: model(x, times, frames, label, mode='block_causal', chunk_frames=2)
+  np.testing.assert_allclose(causal(video)[:, :4], causal(changed)[:, :4], atol=1e-6)
+  bidi = lambda x: model(x, times, frames, label)
+  assert float(jnp.max(jnp.abs(bidi(video)[:, :4] - bidi(changed)[:, :4]))) > 1e-3
+
+
+def test_timestep_is_per_frame():
+  """Changing frame 5's noise level changes only frame 5 when frames cannot see each other."""
+  model = tiny_model()
+  video, times, frames, label = _inputs(model.cfg)
+  run = lambda t: model(video, t, frames, label, mode='block_causal', chunk_frames=1)
+  a, b = run(times), run(times.at[:, 5].set(0.9))
+  np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
+  assert float(jnp.max(jnp.abs(a[:, 5] - b[:, 5]))) > 1e-3
+
+
+def test_scan_and_unrolled_layers_agree():
+  scanned = tiny_model(scan_layers=True)
+  unrolled = tiny_model(scan_layers=False)
+  video, times, frames, label = _inputs(scanned.cfg)
+  np.testing.assert_allclose(scanned(video, times, frames, label),
+                             unrolled(video, times, frames, label), atol=1e-5)
+
+
+def test_frame_condition_is_used():
+  model = tiny_model(frame_cond_dim=2)
+  video, times, frames, label = _inputs(model.cfg)
+  cond = jnp.zeros((2, 6, 2))
+  a = model(video, times, frames, label, cond)
+  b = model(video, times, frames, label, cond.at[:, 3].set(1.0))
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+  with pytest.raises(ValueError, match='frame_cond'):
+    model(video, times, frames, label)
+
+
+def test_parameters_carry_logical_axes():
+  model = tiny_model()
+  from flax import nnx
+  specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+  assert tuple(specs['blocks']['self_attn']['q']['kernel']) == ('layers', 'embed', 'heads')
+  assert tuple(specs['blocks']['ffn']['fc1']['kernel']) == ('layers', 'embed', 'mlp')
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('image_size', (18, 16), 'not divisible by model.patch_size'),
+    ('num_heads', 3, 'not divisible by model.num_heads'),
+    ('dtype', 'float64', 'model.dtype'),
+    ('bogus', 1, 'Unknown model fields'),
+])
+def test_bad_model_config(field, value, match):
+  cfg = common.model_config('tiny')
+  with cfg.unlocked():
+    cfg[field] = value
+  with pytest.raises(ValueError, match=match):
+    DiTConfig.from_config(cfg)

@@ -1,0 +1,122 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import generate as generate_config
+from pafukv_jax import checkpoints, generation
+from pafukv_jax.models.dit import DiTConfig, init_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  cfg = generate_config.get_config('tiny')
+  cfg.num_frames = 4
+  cfg.sampling.timesteps = (1000, 500)
+  for k, v in overrides.items():
+    node = cfg
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return cfg
+
+
+def test_outputs_and_metrics(tmp_path):
+  cfg = tiny_config(num_samples=3, batch_size=2)
+  metrics = generation.generate(cfg, str(tmp_path))
+  videos = np.load(tmp_path / 'samples.npz')['videos']
+  assert videos.shape == (3, 4, 16, 16, 3) and videos.dtype == np.float32
+  assert videos.min() >= -1 and videos.max() <= 1
+  gifs = sorted(os.listdir(tmp_path / 'videos'))
+  assert gifs == ['sample_0000.gif', 'sample_0001.gif', 'sample_0002.gif']
+  assert Image.open(tmp_path / 'videos' / gifs[0]).n_frames == 4
+  on_disk = json.loads((tmp_path / 'metrics.json').read_text())
+  assert on_disk == json.loads(json.dumps(metrics))
+  for key in ('policy', 'budget_tokens', 'cache_bytes', 'tokens_per_frame', 'num_frames',
+              'seconds_per_frame', 'compile_seconds', 'compiles'):
+    assert key in on_disk
+  assert on_disk['tokens_per_frame'] == 16 and on_disk['budget_tokens'] == 3 * 16
+  # k + v of 2 layers x batch 2 x 48 slots x 32 channels in float32, plus frame and score
+  assert on_disk['cache_bytes'] == 2 * (2 * 2 * 48 * 32 * 4) + 2 * (2 * 2 * 48 * 4)
+  assert on_disk['compiles'] == 1 and on_disk['seconds_per_frame'] > 0
+
+
+def test_same_seed_same_videos(tmp_path):
+  generation.generate(tiny_config(), str(tmp_path / 'a'))
+  generation.generate(tiny_config(), str(tmp_path / 'b'))
+  generation.generate(tiny_config(seed=1), str(tmp_path / 'c'))
+  load = lambda d: np.load(tmp_path / d / 'samples.npz')['videos']
+  np.testing.assert_array_equal(load('a'), load('b'))
+  assert np.max(np.abs(load('a') - load('c'))) > 1e-2
+
+
+def test_refuses_a_workdir_with_results_and_keeps_them(tmp_path):
+  generation.generate(tiny_config(), str(tmp_path))
+  before = (tmp_path / 'samples.npz').read_bytes()
+  with pytest.raises(FileExistsError, match='--overwrite'):
+    generation.generate(tiny_config(seed=5), str(tmp_path))
+  with pytest.raises(ValueError, match='Unknown policy'):  # a failed overwrite keeps them too
+    generation.generate(tiny_config(policy='lru'), str(tmp_path), overwrite=True)
+  assert (tmp_path / 'samples.npz').read_bytes() == before
+  generation.generate(tiny_config(seed=5), str(tmp_path), overwrite=True)
+  assert (tmp_path / 'samples.npz').read_bytes() != before
+  assert not [p for p in os.listdir(tmp_path) if p.startswith('.generate-')]
+
+
+@pytest.mark.parametrize('overrides,error,match', [
+    (dict(policy='lru'), ValueError, 'Unknown policy'),
+    ({'cache.budget_frames': 1, 'chunk_frames': 2}, ValueError, 'smaller than one chunk'),
+    ({'cache.budget_frames': 2, 'cache.sink_frames': 2}, ValueError, 'cannot hold'),
+    (dict(num_frames=5, chunk_frames=2), ValueError, 'multiples of chunk_frames'),
+    ({'model.image_size': (18, 18)}, ValueError, 'not divisible by model.patch_size'),
+    (dict(checkpoint='/nonexistent/ckpt'), FileNotFoundError, 'does not exist'),
+    (dict(context_frames=2), ValueError, 'config.context must name'),
+])
+def test_bad_input_fails_before_any_output(tmp_path, overrides, error, match):
+  workdir = tmp_path / 'out'
+  with pytest.raises(error, match=match):
+    generation.generate(tiny_config(**overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_checkpoint_round_trip_and_shape_check(tmp_path):
+  cfg = tiny_config()
+  checkpoints.save_params(str(tmp_path / 'ckpt'), init_model(DiTConfig.from_config(cfg.model), 5))
+  generation.generate(tiny_config(checkpoint=str(tmp_path / 'ckpt')), str(tmp_path / 'a'))
+  generation.generate(tiny_config(init_seed=5), str(tmp_path / 'b'))
+  load = lambda d: np.load(tmp_path / d / 'samples.npz')['videos']
+  np.testing.assert_array_equal(load('a'), load('b'))
+  with pytest.raises(ValueError, match=r'does not match the model config[\s\S]*checkpoint \(2, 32, 32\)'):
+    generation.generate(tiny_config(checkpoint=str(tmp_path / 'ckpt'), **{'model.dim': 48}),
+                        str(tmp_path / 'c'))
+  assert not (tmp_path / 'c').exists()
+  with pytest.raises(FileExistsError):
+    checkpoints.save_params(str(tmp_path / 'ckpt'), init_model(DiTConfig.from_config(cfg.model)))
+
+
+def test_context_from_npz(tmp_path):
+  ctx = np.random.default_rng(0).uniform(-1, 1, (2, 2, 16, 16, 3)).astype(np.float32)
+  np.savez(tmp_path / 'ctx.npz', videos=ctx)
+  generation.generate(tiny_config(context_frames=2, context=str(tmp_path / 'ctx.npz'),
+                                  policy='full'), str(tmp_path / 'out'))
+  videos = np.load(tmp_path / 'out' / 'samples.npz')['videos']
+  np.testing.assert_allclose(videos[:, :2], ctx, atol=1e-6)
+
+
+def test_command_line(tmp_path):
+  run = lambda *flags: subprocess.run(
+      [sys.executable, 'generate.py', '--config=configs/generate.py:tiny', *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  ok = run(f'--workdir={tmp_path}/ok', '--config.policy=window', '--config.num_frames=4',
+           '--config.sampling.timesteps=(1000,500)')
+  assert ok.returncode == 0, ok.stderr
+  assert json.loads((tmp_path / 'ok' / 'metrics.json').read_text())['policy'] == 'window'
+  bad = run(f'--workdir={tmp_path}/bad', '--config.policy=lru')
+  assert bad.returncode != 0 and "Unknown policy 'lru'" in bad.stderr
+  assert 'Traceback' not in bad.stderr

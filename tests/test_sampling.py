@@ -1,0 +1,91 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pafukv_jax import sampling
+from pafukv_jax.compile_counter import CompileCounter
+from tests.helpers import cache_config, tiny_model
+
+
+def _generate(model, policy, rc, labels=(1, 4), seed=0, context=None, cache=None):
+  sampler = sampling.Sampler(model, rc, policy, cache or cache_config(budget_frames=4, sink_frames=1))
+  keys = sampling.sample_keys(seed, np.arange(len(labels)))
+  return np.asarray(sampler.generate(keys, list(labels), context)), sampler
+
+
+@pytest.mark.parametrize('chunk,context_frames,sampler_kind', [
+    (1, 0, 'euler'), (2, 0, 'renoise'), (1, 2, 'euler'), (2, 2, 'euler')])
+def test_full_equals_recompute(chunk, context_frames, sampler_kind):
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=6, chunk_frames=chunk, context_frames=context_frames,
+                              timesteps=(1000, 750, 500), sampler=sampler_kind)
+  context = None
+  if context_frames:
+    context = jax.random.uniform(jax.random.key(7), (2, context_frames, 16, 16, 3), minval=-1)
+  full, _ = _generate(model, 'full', rc, context=context)
+  ref, _ = _generate(model, 'recompute', rc, context=context)
+  assert full.shape == (2, 6, 16, 16, 3)
+  rel = np.max(np.abs(full - ref)) / np.max(np.abs(ref))
+  assert rel <= 1e-4
+  if context is not None:
+    np.testing.assert_array_equal(full[:, :context_frames], np.asarray(context))
+
+
+def test_bounded_cache_differs_from_full_once_it_evicts():
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=6, timesteps=(1000, 500))
+  full, _ = _generate(model, 'full', rc)
+  window, _ = _generate(model, 'window', rc, cache=cache_config(budget_frames=2, sink_frames=0))
+  # identical while nothing was evicted (frames 0..2 see all of their past), different after
+  np.testing.assert_allclose(window[:, :3], full[:, :3], atol=1e-5)
+  assert np.max(np.abs(window[:, 3:] - full[:, 3:])) > 1e-3
+
+
+def test_sixteen_chunks_compile_the_step_once_and_keep_shapes():
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=16, timesteps=(1000, 500))
+  sampler = sampling.Sampler(model, rc, 'sink_window', cache_config(budget_frames=4, sink_frames=1))
+  shapes = []
+  original = sampler._step
+
+  def step(params, cache, *args):
+    shapes.append(jax.tree.map(lambda a: (a.shape, a.dtype), cache))
+    return original(params, cache, *args)
+
+  sampler._step = step
+  with CompileCounter('_cached_step') as compiles:
+    sampler.generate(sampling.sample_keys(0, [0, 1]), [0, 1])
+    sampler.generate(sampling.sample_keys(1, [0, 1]), [2, 3])  # a second video: no recompile
+  assert compiles.count == 1
+  assert len(shapes) == 32 and all(s == shapes[0] for s in shapes)
+  final = jax.tree.map(lambda a: (a.shape, a.dtype), sampler.final_state)
+  assert final == shapes[0]
+
+
+def test_same_seed_same_videos_in_any_batch():
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=4, timesteps=(1000, 500), sampler='renoise')
+  a, _ = _generate(model, 'window', rc, labels=(1, 4), seed=3)
+  b, _ = _generate(model, 'window', rc, labels=(1, 4), seed=3)
+  np.testing.assert_array_equal(a, b)
+  # sample 1 alone (same id) is the same video as in the batch of two
+  sampler = sampling.Sampler(model, rc, 'window', cache_config(4, 1))
+  alone = np.asarray(sampler.generate(sampling.sample_keys(3, [1]), [4]))
+  np.testing.assert_allclose(alone[0], a[1], atol=1e-5)
+  c, _ = _generate(model, 'window', rc, labels=(1, 4), seed=4)
+  assert np.max(np.abs(c - a)) > 1e-2
+
+
+def test_bad_rollout_configs():
+  with pytest.raises(ValueError, match='multiples of chunk_frames'):
+    sampling.RolloutConfig(num_frames=7, chunk_frames=2).validate()
+  with pytest.raises(ValueError, match='multiples of chunk_frames'):
+    sampling.RolloutConfig(num_frames=8, chunk_frames=2, context_frames=3).validate()
+  with pytest.raises(ValueError, match='Unknown sampler'):
+    sampling.RolloutConfig(num_frames=8, sampler='ddim').validate()
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=4, context_frames=2)
+  sampler = sampling.Sampler(model, rc, 'full', cache_config())
+  with pytest.raises(ValueError, match='context must have shape'):
+    sampler.generate(sampling.sample_keys(0, [0]), [0], None)
