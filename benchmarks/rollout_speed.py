@@ -1,0 +1,95 @@
+"""Seconds per frame and cache bytes of the cached rollout, per policy and video length.
+
+  python benchmarks/rollout_speed.py [--frames=16,32,64,128] [--policies=full,window,sink_window]
+
+Random weights (speed does not depend on them). Defaults: width 128, 4 layers, 4 heads, 32x32
+frames, patch 4 (64 tokens per frame), batch 4, 1 frame per chunk, 4 denoising steps + 1 clean
+pass per frame, a 4-frame budget (sink 1 for sink_window). Prints a table and writes JSON.
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from configs import common
+from pafukv_jax import sampling
+from pafukv_jax.compile_counter import CompileCounter
+from pafukv_jax.models.dit import DiTConfig, init_model
+
+flags.DEFINE_list('frames', ['16', '32', '64', '128'], 'Video lengths.')
+flags.DEFINE_list('policies', ['full', 'window', 'sink_window'], 'Policies.')
+flags.DEFINE_string('size', 'base', 'Model size from configs/common.py.')
+flags.DEFINE_integer('batch', 4, 'Videos generated together.')
+flags.DEFINE_integer('budget_frames', 4, 'Cache budget of the bounded policies.')
+flags.DEFINE_integer('sink_frames', 1, 'Sink frames of sink_window.')
+flags.DEFINE_string('out', 'benchmarks/results/rollout_speed.json', 'JSON output.')
+FLAGS = flags.FLAGS
+
+
+def measure(model, policy, num_frames):
+  import ml_collections
+  cache = ml_collections.ConfigDict(dict(budget_frames=FLAGS.budget_frames,
+                                         sink_frames=FLAGS.sink_frames, recent_frames=0))
+  rc = sampling.RolloutConfig(num_frames=num_frames, chunk_frames=1)
+  sampler = sampling.Sampler(model, rc, policy, cache)
+  keys = sampling.sample_keys(0, np.arange(FLAGS.batch))
+  labels = np.arange(FLAGS.batch) % 10
+  with CompileCounter('_cached_step') as compiles:
+    start = time.perf_counter()
+    sampler.generate(keys, labels)
+    wall = time.perf_counter() - start
+  per_frame = np.asarray(sampler.chunk_seconds)  # chunk = 1 frame; [0] includes compilation
+  steady = per_frame[1:]
+  window = min(16, len(steady) // 2)
+  return dict(
+      policy=policy, num_frames=num_frames, batch=FLAGS.batch,
+      capacity_tokens=sampler.spec.capacity, cache_bytes=sampler.cache_bytes(FLAGS.batch),
+      ms_per_frame=1000 * float(np.mean(steady)),
+      ms_first16=1000 * float(np.mean(steady[:window])),
+      ms_last16=1000 * float(np.mean(steady[-window:])),
+      compile_s=float(per_frame[0] - np.mean(steady)), compiles=compiles.count,
+      wall_s=wall, ms_per_frame_all=[1000 * float(x) for x in per_frame])
+
+
+def main(argv):
+  del argv
+  cfg = DiTConfig.from_config(common.model_config(FLAGS.size))
+  model = init_model(cfg, 0)
+  rows = []
+  header = (f'{"policy":<12} {"frames":>6} {"capacity":>8} {"cache MiB":>9} {"ms/frame":>9} '
+            f'{"first16":>8} {"last16":>8} {"compile s":>9}')
+  print(header)
+  for num_frames in map(int, FLAGS.frames):
+    for policy in FLAGS.policies:
+      r = measure(model, policy, num_frames)
+      rows.append(r)
+      print(f'{policy:<12} {num_frames:>6} {r["capacity_tokens"]:>8} '
+            f'{r["cache_bytes"] / 2**20:>9.2f} {r["ms_per_frame"]:>9.1f} {r["ms_first16"]:>8.1f} '
+            f'{r["ms_last16"]:>8.1f} {r["compile_s"]:>9.2f}', flush=True)
+  by = {(r['policy'], r['num_frames']): r for r in rows}
+  print('\nspeed-up of the bounded policies over full (ms/frame ratio):')
+  for num_frames in map(int, FLAGS.frames):
+    for policy in FLAGS.policies:
+      if policy != 'full' and ('full', num_frames) in by:
+        ratio = by['full', num_frames]['ms_per_frame'] / by[policy, num_frames]['ms_per_frame']
+        r = by[policy, num_frames]
+        print(f'  {policy:<12} {num_frames:>4} frames: {ratio:5.2f}x; last16/first16 '
+              f'{r["ms_last16"] / r["ms_first16"]:.3f}')
+  os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
+  with open(FLAGS.out, 'w') as f:
+    json.dump(dict(model=cfg.__dict__, device=jax.devices()[0].device_kind,
+                   machine=f'{platform.machine()}, {os.cpu_count()} cores', jax=jax.__version__,
+                   rows=rows), f, indent=1, default=str)
+  print(f'wrote {FLAGS.out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
