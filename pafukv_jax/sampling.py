@@ -128,11 +128,14 @@ class Sampler:
       return 0
     return jax.eval_shape(lambda: self.init_cache(batch)).nbytes
 
+  def _read(self, cache):
+    return cache.read(self.model_cfg.cache_block_size)
+
   def _write(self, model, cache, clean, frames, label, frame_cond, keys):
     """Clean pass at t = 0 over a chunk; its K/V enter the cache through the policy."""
     b, f = clean.shape[:2]
     _, (k, v) = model(clean, jnp.zeros((b, f)), frames, label, frame_cond, mode='cached',
-                      cache_kv=cache.layer_view(), return_kv=True)
+                      cache=self._read(cache), return_kv=True)
     s = self.model_cfg.tokens_per_frame
     token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
     new_score = jnp.zeros(k.shape[:3])
@@ -159,10 +162,10 @@ class Sampler:
     fc = _chunk_slice(frame_cond, chunk_index, f)
     b = label.shape[0]
     shape = (b, f, *self.model_cfg.image_size, self.model_cfg.channels)
-    read = cache.layer_view()
+    read = self._read(cache)
 
     def velocity(x, t):
-      return model(x, t, frames, label, fc, mode='cached', cache_kv=read)
+      return model(x, t, frames, label, fc, mode='cached', cache=read)
 
     clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
     return self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index)), clean

@@ -1,7 +1,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from pafukv_jax.cache import kv_cache
 from pafukv_jax.models.attention import attention, block_causal_mask, cached_attention
 
 
@@ -14,17 +16,51 @@ def naive_attention(q, k, v, mask):
   return np.einsum('bhqk,bkhd->bqhd', p, v)
 
 
-def test_cached_attention_equals_masked_concatenation():
+def _cache(rng, layers, b, c, h, d, filled):
+  """A cache whose first `filled[l, b]` slots are valid (slots fill from 0 upward)."""
+  k, v = (rng.normal(size=(layers, b, c, h, d)).astype(np.float32) for _ in range(2))
+  frame = np.where(np.arange(c) < filled[..., None], 0, -1).astype(np.int32)
+  cache = kv_cache.KVCache(jnp.asarray(k), jnp.asarray(v), jnp.asarray(frame),
+                           jnp.zeros(frame.shape, jnp.float32))
+  return cache, k, v, frame >= 0
+
+
+@pytest.mark.parametrize('impl,block_size', [
+    ('blockwise', 8), ('blockwise', 7), ('blockwise', 64), ('masked', 8), ('xla', 8)])
+def test_cached_attention_equals_masked_concatenation(impl, block_size):
   rng = np.random.default_rng(0)
-  b, n, c, h, d = 2, 4, 10, 2, 8
+  layers, b, n, c, h, d = 2, 2, 4, 20, 2, 8
   q, k, v = (rng.normal(size=(b, n, h, d)).astype(np.float32) for _ in range(3))
-  ck, cv = (rng.normal(size=(b, c, h, d)).astype(np.float32) for _ in range(2))
-  valid = rng.random((b, c)) < 0.6
-  valid[1] = False  # an empty cache attends to the chunk only
-  got = cached_attention(*map(jnp.asarray, (q, k, v, ck, cv, valid)))
-  mask = np.concatenate([np.broadcast_to(valid[:, None], (b, n, c)), np.ones((b, n, n), bool)], -1)
-  want = naive_attention(q, np.concatenate([ck, k], 1), np.concatenate([cv, v], 1), mask)
-  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  filled = np.array([[13, 0], [20, 5]])  # an empty cache attends to the chunk only
+  cache, ck, cv, valid = _cache(rng, layers, b, c, h, d, filled)
+  read = cache.read(block_size)
+  assert int(read.num_blocks) == -(-20 // min(block_size, c))
+  for layer in range(layers):
+    got, _ = cached_attention(*map(jnp.asarray, (q, k, v)), read, layer, impl)
+    mask = np.concatenate([np.broadcast_to(valid[layer][:, None], (b, n, c)),
+                           np.ones((b, n, n), bool)], -1)
+    want = naive_attention(q, np.concatenate([ck[layer], k], 1),
+                           np.concatenate([cv[layer], v], 1), mask)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+@pytest.mark.parametrize('impl,block_size', [('blockwise', 8), ('blockwise', 7), ('masked', 8)])
+def test_cache_mass_is_the_attention_each_slot_receives(impl, block_size):
+  rng = np.random.default_rng(1)
+  b, n, c, h, d = 2, 3, 16, 2, 4
+  q, k, v = (rng.normal(size=(b, n, h, d)).astype(np.float32) for _ in range(3))
+  cache, ck, _, valid = _cache(rng, 1, b, c, h, d, np.array([[9, 16]]))
+  _, mass = cached_attention(*map(jnp.asarray, (q, k, v)), cache.read(block_size), 0, impl,
+                             with_mass=True)
+  keys = np.concatenate([ck[0], k], 1)
+  logits = np.einsum('bqhd,bkhd->bhqk', q, keys) / np.sqrt(d)
+  mask = np.concatenate([valid[0], np.ones((b, n), bool)], -1)[:, None, None]
+  logits = np.where(mask, logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  want = p[..., :c].sum(axis=2).mean(axis=1)  # sum over queries, mean over heads
+  np.testing.assert_allclose(np.asarray(mass), want, atol=1e-5)
+  assert np.all(np.asarray(mass)[~valid[0]] == 0)
 
 
 def test_masked_attention_matches_reference():
@@ -32,9 +68,10 @@ def test_masked_attention_matches_reference():
   q, k, v = (rng.normal(size=(1, 6, 2, 8)).astype(np.float32) for _ in range(3))
   frames = jnp.array([[0, 0, 1, 1, 2, 2]])
   mask = block_causal_mask(frames, chunk_frames=2)
-  got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
   want = naive_attention(q, k, v, np.asarray(mask)[:, 0])
-  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  for impl in ('blockwise', 'xla'):
+    got = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, impl)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
 def test_block_causal_mask_by_chunk():

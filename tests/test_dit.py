@@ -27,9 +27,11 @@ def test_shapes_and_kv():
   assert k.shape == vv.shape == (cfg.num_layers, 2, n, cfg.num_heads, cfg.head_dim)
 
 
-def test_cached_chunk_equals_block_causal_forward():
+@pytest.mark.parametrize('impl,block_size', [('blockwise', 32), ('blockwise', 24), ('masked', 32),
+                                             ('xla', 32)])
+def test_cached_chunk_equals_block_causal_forward(impl, block_size):
   """Chunks written through the cache, then one chunk attending to it = the parallel forward."""
-  model = tiny_model()
+  model = tiny_model(attention_impl=impl)
   cfg = model.cfg
   f = 2
   video, times, frames, label = _inputs(cfg)
@@ -42,14 +44,14 @@ def test_cached_chunk_equals_block_causal_forward():
   for c in range(2):
     sl = slice(c * f, (c + 1) * f)
     out, (k, v) = model(video[:, sl], times[:, sl], frames[sl], label, mode='cached',
-                        cache_kv=cache.layer_view(), return_kv=True)
+                        cache=cache.read(block_size), return_kv=True)
     np.testing.assert_allclose(out, want[:, sl], atol=1e-5, rtol=1e-5)
     token_frames = jnp.broadcast_to(jnp.repeat(frames[sl], s), (2, f * s))
     score = jnp.zeros(k.shape[:3])
     keep = jnp.zeros((cfg.num_layers, 2, cache.capacity + f * s))
     cache = kv_cache.update_cache(cache, k, v, token_frames, score, keep)
   out = model(video[:, 4:], times[:, 4:], frames[4:], label, mode='cached',
-              cache_kv=cache.layer_view())
+              cache=cache.read(block_size))
   np.testing.assert_allclose(out, want[:, 4:], atol=1e-5, rtol=1e-5)
 
 

@@ -40,9 +40,25 @@ class KVCache:
   def nbytes(self) -> int:
     return sum(x.size * x.dtype.itemsize for x in (self.k, self.v, self.frame, self.score))
 
-  def layer_view(self):
-    """(k, v, valid): what the attention of every layer reads."""
-    return self.k, self.v, self.valid
+  def read(self, block_size: int = 256) -> 'CacheRead':
+    """What the attention reads, with the number of blocks of `block_size` slots that hold
+    valid tokens (slots fill from 0 upward, so this follows the filled length)."""
+    c = self.capacity
+    bs = min(block_size, c)
+    high_water = jnp.max(jnp.where(self.valid, jnp.arange(c) + 1, 0))
+    return CacheRead(self.k, self.v, self.valid, (high_water + bs - 1) // bs, bs)
+
+
+@struct.dataclass
+class CacheRead:
+  """What a cached forward reads: the whole cache (never a per-layer copy) and how much of it
+  is filled. Slots at or past `num_blocks * block_size` hold no valid token."""
+  k: jax.Array           # [L, B, C, H, Dh]
+  v: jax.Array           # [L, B, C, H, Dh]
+  valid: jax.Array       # [L, B, C] bool
+  num_blocks: jax.Array  # traced int32: blocks of slots up to the last valid one
+  block_size: int = struct.field(pytree_node=False, default=256)
+
 
 
 def init_cache(num_layers, batch, capacity, num_heads, head_dim, dtype=jnp.float32) -> KVCache:

@@ -6,7 +6,11 @@ Three ways the self-attention sees keys (one module serves all three):
     in training, and the `recompute` reference rollout);
   * cached: the current chunk sees itself plus the valid slots of a KV cache (generation).
 The cached path never concatenates cache and chunk: both parts are attended separately and
-merged with their softmax statistics, so the cache is read in place.
+merged with their softmax statistics (online softmax). With `attention_impl='blockwise'` the cache
+is read in blocks of slots, only up to the last filled block, in a loop with a traced trip count:
+the cost follows the filled length and the step still compiles once. 'masked' reads every slot
+(the preallocated baseline); 'xla' / 'cudnn' use `jax.nn.dot_product_attention` over the
+concatenated, masked cache (cuDNN's fused kernel on GPU).
 """
 
 import math
@@ -15,9 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pafukv_jax.cache.kv_cache import CacheRead
 from pafukv_jax.models.rope import apply_rope
 
 _NEG_INF = -jnp.inf
+ATTENTION_IMPLS = ('blockwise', 'masked', 'xla', 'cudnn')
 
 
 def dense(cfg, din, dout, axes, rngs, init=nnx.initializers.lecun_normal()):
@@ -29,50 +35,118 @@ def dense(cfg, din, dout, axes, rngs, init=nnx.initializers.lecun_normal()):
       rngs=rngs)
 
 
-def _partial_attention(q, k, v, mask):
-  """Unnormalised softmax attention over one group of keys.
+# -- softmax pieces ---------------------------------------------------------------------------
+# A "partial" is (out [B, Nq, H, D] unnormalised, row max [B, H, Nq], row sum [B, H, Nq]) of one
+# group of keys; partials of disjoint groups combine exactly (the online softmax).
 
-  q [B, Nq, H, D], k/v [B, Nk, H, D], mask broadcastable to [B, H, Nq, Nk] or None.
-  Returns (out [B, Nq, H, D] unnormalised, row max [B, H, Nq], row sum [B, H, Nq]).
-  A row with no visible key has max -inf and sum 0.
-  """
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-  logits = logits / math.sqrt(q.shape[-1])
+
+def _logits(q, k):
+  out = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  return out / math.sqrt(q.shape[-1])
+
+
+def _partial_attention(q, k, v, mask):
+  """Partial over keys k/v [B, Nk, H, D]; mask broadcastable to [B, H, Nq, Nk] or None.
+  A row with no visible key has max -inf and sum 0."""
+  logits = _logits(q, k)
   if mask is not None:
     logits = jnp.where(mask, logits, _NEG_INF)
   row_max = jnp.max(logits, axis=-1)
-  safe_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-  p = jnp.exp(logits - safe_max[..., None])
+  p = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0)[..., None])
   out = jnp.einsum('bhqk,bkhd->bqhd', p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return out, row_max, jnp.sum(p, axis=-1)
 
 
-def _merge(parts):
-  """Combines [(out, max, sum), ...] of disjoint key groups into normalised attention."""
-  row_max = parts[0][1]
-  for _, m, _ in parts[1:]:
-    row_max = jnp.maximum(row_max, m)
-  out, total = 0.0, 0.0
-  for o, m, s in parts:
-    alpha = jnp.where(jnp.isfinite(m), jnp.exp(m - row_max), 0.0)  # [B, H, Nq]
-    out = out + o * jnp.swapaxes(alpha, 1, 2)[..., None]
-    total = total + s * alpha
+def _combine(a, b):
+  (oa, ma, la), (ob, mb, lb) = a, b
+  m = jnp.maximum(ma, mb)
+  scale = lambda mx: jnp.where(jnp.isfinite(mx), jnp.exp(mx - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+  sa, sb = scale(ma), scale(mb)
+  rows = lambda x: jnp.swapaxes(x, 1, 2)[..., None]  # [B, H, Nq] -> [B, Nq, H, 1]
+  return oa * rows(sa) + ob * rows(sb), m, la * sa + lb * sb
+
+
+def _normalise(partial):
+  out, _, total = partial
   return out / jnp.swapaxes(total, 1, 2)[..., None]
 
 
-def attention(q, k, v, mask=None):
+def attention(q, k, v, mask=None, impl='blockwise'):
   """Softmax attention of q over (k, v) with an optional boolean visibility mask."""
-  return _merge([_partial_attention(q, k, v, mask)]).astype(q.dtype)
+  if impl in ('xla', 'cudnn'):
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  return _normalise(_partial_attention(q, k, v, mask)).astype(q.dtype)
 
 
-def cached_attention(q, k, v, cache_k, cache_v, cache_valid):
-  """The chunk (q, k, v) attends to itself and to the valid cache slots.
+# -- attention over the cache -----------------------------------------------------------------
 
-  cache_k/cache_v [B, C, H, D]; cache_valid [B, C] bool.
+
+def _cache_block(cache: CacheRead, layer, i):
+  """Block i of the layer's slots, sliced out of the whole cache in one dynamic_slice.
+  The last block is shifted back to stay in bounds; slots an earlier block covered are masked."""
+  _, b, c, h, d = cache.k.shape
+  bs = cache.block_size
+  start = jnp.minimum(i * bs, c - bs)
+  k = jax.lax.dynamic_slice(cache.k, (layer, 0, start, 0, 0), (1, b, bs, h, d))[0]
+  v = jax.lax.dynamic_slice(cache.v, (layer, 0, start, 0, 0), (1, b, bs, h, d))[0]
+  valid = jax.lax.dynamic_slice(cache.valid, (layer, 0, start), (1, b, bs))[0]
+  return k, v, valid & (start + jnp.arange(bs) >= i * bs)[None], start
+
+
+def _cache_partial(q, cache: CacheRead, layer, impl):
+  """Partial attention of q over the layer's valid cache slots."""
+  if impl == 'masked':  # every slot, filled or not: the preallocated baseline
+    return _partial_attention(q, cache.k[layer], cache.v[layer], cache.valid[layer][:, None, None])
+  b, nq, h, d = q.shape
+  init = (jnp.zeros((b, nq, h, d), jnp.float32), jnp.full((b, h, nq), _NEG_INF),
+          jnp.zeros((b, h, nq), jnp.float32))
+
+  def body(i, acc):
+    k, v, valid, _ = _cache_block(cache, layer, i)
+    return _combine(acc, _partial_attention(q, k, v, valid[:, None, None]))
+
+  # a traced trip count: the cost follows the filled length, and it compiles once
+  return jax.lax.fori_loop(0, cache.num_blocks, body, init)
+
+
+def _cache_mass(q, cache: CacheRead, layer, row_max, row_sum, impl):
+  """Attention probability each cache slot receives: [B, C], summed over the queries and
+  averaged over heads, from the final softmax statistics (a second pass over the blocks)."""
+  def mass(k, valid):
+    p = jnp.exp(_logits(q, k) - row_max[..., None]) / row_sum[..., None]
+    return jnp.sum(jnp.where(valid[:, None, None], p, 0.0), axis=2).mean(axis=1)
+
+  if impl == 'masked':
+    return mass(cache.k[layer], cache.valid[layer])
+  b, c = cache.valid.shape[1:]
+
+  def body(i, acc):
+    k, _, valid, start = _cache_block(cache, layer, i)
+    block = jax.lax.dynamic_slice_in_dim(acc, start, cache.block_size, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(acc, block + mass(k, valid), start, axis=1)
+
+  return jax.lax.fori_loop(0, cache.num_blocks, body, jnp.zeros((b, c), jnp.float32))
+
+
+def cached_attention(q, k, v, cache: CacheRead, layer, impl='blockwise', with_mass=False):
+  """The chunk (q, k, v) attends to itself and to the valid cache slots of `layer`.
+
+  Returns out [B, Nq, H, D], and with `with_mass` also the attention each slot receives [B, C].
   """
-  own = _partial_attention(q, k, v, None)
-  cached = _partial_attention(q, cache_k, cache_v, cache_valid[:, None, None, :])
-  return _merge([own, cached]).astype(q.dtype)
+  if impl in ('xla', 'cudnn'):
+    if with_mass:
+      raise ValueError(f"attention_impl={impl!r} gives no attention probabilities; use "
+                       "'blockwise' or 'masked' with a policy that needs them.")
+    b, n = q.shape[:2]
+    keys = jnp.concatenate([cache.k[layer], k], axis=1)
+    values = jnp.concatenate([cache.v[layer], v], axis=1)
+    visible = jnp.concatenate([cache.valid[layer], jnp.ones((b, n), bool)], axis=1)
+    return attention(q, keys, values, visible[:, None, None], impl), None
+  total = _combine(_partial_attention(q, k, v, None), _cache_partial(q, cache, layer, impl))
+  out = _normalise(total).astype(q.dtype)
+  if not with_mass:
+    return out, None
+  return out, _cache_mass(q, cache, layer, total[1], total[2], impl)
 
 
 def block_causal_mask(frame_index: jax.Array, chunk_frames: int) -> jax.Array:
@@ -87,6 +161,7 @@ class _Attention(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dim = cfg.dim
     self.num_heads = cfg.num_heads
+    self.impl = cfg.attention_impl
     self.q = dense(cfg, dim, dim, ('embed', 'heads'), rngs)
     self.k = dense(cfg, dim, dim, ('embed', 'heads'), rngs)
     self.v = dense(cfg, dim, dim, ('embed', 'heads'), rngs)
@@ -110,17 +185,19 @@ class SelfAttention(_Attention):
     k = apply_rope(self._heads(self.norm_k(self.k(x))), angles)
     return q, k, self._heads(self.v(x))
 
-  def __call__(self, x, angles, mask=None, cache_kv=None):
-    """Returns (output [B, N, dim], (k, v) of these tokens, as the cache stores them).
+  def __call__(self, x, angles, mask=None, cache=None, layer=None, with_mass=False):
+    """Returns (output [B, N, dim], (k, v) of these tokens as the cache stores them, and the
+    attention mass [B, C] each cache slot received if `with_mass`, else None).
 
-    cache_kv: None, or (k [B, C, H, Dh], v [B, C, H, Dh], valid [B, C]) to attend to as well.
+    cache: None, or a CacheRead whose slots of `layer` are attended to as well.
     """
     q, k, v = self.qkv(x, angles)
-    if cache_kv is None:
-      out = attention(q, k, v, mask)
+    mass = None
+    if cache is None:
+      out = attention(q, k, v, mask, self.impl)
     else:
-      out = cached_attention(q, k, v, *cache_kv)
-    return self._out(out), (k, v)
+      out, mass = cached_attention(q, k, v, cache, layer, self.impl, with_mass)
+    return self._out(out), (k, v), mass
 
 
 class CrossAttention(_Attention):
@@ -129,4 +206,4 @@ class CrossAttention(_Attention):
   def __call__(self, x, context):
     q = self._heads(self.norm_q(self.q(x)))
     k = self._heads(self.norm_k(self.k(context)))
-    return self._out(attention(q, k, self._heads(self.v(context))))
+    return self._out(attention(q, k, self._heads(self.v(context)), impl=self.impl))

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pafukv_jax.models.attention import CrossAttention, SelfAttention, block_causal_mask, dense
+from pafukv_jax.models.attention import (ATTENTION_IMPLS, CrossAttention, SelfAttention,
+                                         block_causal_mask, dense)
 from pafukv_jax.models.rope import rope_angles, token_positions
 
 ATTENTION_MODES = ('bidirectional', 'block_causal', 'cached')
@@ -45,6 +46,8 @@ class DiTConfig:
   rope_theta: float = 10000.0
   dtype: str = 'float32'
   scan_layers: bool = True
+  attention_impl: str = 'blockwise'  # blockwise | masked | xla | cudnn (see models/attention.py)
+  cache_block_size: int = 256        # slots per block of the blockwise cache attention
 
   @classmethod
   def from_config(cls, config) -> 'DiTConfig':
@@ -69,6 +72,11 @@ class DiTConfig:
       raise ValueError(f'model.dim {self.dim} is not divisible by model.num_heads {self.num_heads}.')
     if self.head_dim % 2 or self.head_dim < 6:
       raise ValueError(f'head dim {self.head_dim} must be even and >= 6 for 3D RoPE.')
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f'model.attention_impl must be one of {ATTENTION_IMPLS}, '
+                       f'got {self.attention_impl!r}.')
+    if self.cache_block_size < 1:
+      raise ValueError(f'model.cache_block_size must be >= 1, got {self.cache_block_size}.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
       raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}.")
 
@@ -132,19 +140,21 @@ class DiTBlock(nnx.Module):
     self.modulation = nnx.Param(
         nnx.with_partitioning(init, (None, 'embed'))(rngs.params(), (6, cfg.dim)))
 
-  def __call__(self, x, e, context, angles, mask=None, cache_kv=None):
-    """x [B, T, S, dim]; e [B, T, 6, dim] per-frame modulation. Returns (x, (k, v))."""
+  def __call__(self, x, e, context, angles, mask=None, cache=None, layer=None, with_mass=False):
+    """x [B, T, S, dim]; e [B, T, 6, dim] per-frame modulation.
+
+    Returns (x, (k, v) of these tokens, attention mass per cache slot or None)."""
     b, t, s, d = x.shape
     mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]  # [B, T, 6, 1, dim]
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = [mod[:, :, i] for i in range(6)]
     flat = lambda y: y.reshape(b, t * s, d)
     h = self.norm1(x) * (1 + scale_sa) + shift_sa
-    y, kv = self.self_attn(flat(h).astype(x.dtype), angles, mask, cache_kv)
+    y, kv, mass = self.self_attn(flat(h).astype(x.dtype), angles, mask, cache, layer, with_mass)
     x = x + (y.reshape(x.shape) * gate_sa).astype(x.dtype)
     x = x + self.cross_attn(flat(self.norm3(x)), context).reshape(x.shape)
     h = self.norm2(x) * (1 + scale_ff) + shift_ff
     x = x + (self.ffn(h.astype(x.dtype)) * gate_ff).astype(x.dtype)
-    return x, kv
+    return x, kv, mass
 
 
 class Head(nnx.Module):
@@ -218,39 +228,51 @@ class VideoDiT(nnx.Module):
     e0 = self.time_projection(jax.nn.silu(e))
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
-  def run_blocks(self, x, e0, context, angles, mask, cache_kv):
-    """All blocks; returns (x, (k, v) stacked over layers [L, B, N, H, Dh])."""
+  def run_blocks(self, x, e0, context, angles, mask, cache, with_mass):
+    """All blocks; returns (x, (k, v) [L, B, N, H, Dh], cache mass [L, B, C] or None).
+
+    The cache is closed over whole and every layer slices its own blocks out of it: passing
+    per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
     graphdef, state = nnx.split(self.blocks)
 
-    def layer(x, layer_state, layer_cache):
-      return nnx.merge(graphdef, layer_state)(x, e0, context, angles, mask, layer_cache)
+    def layer(x, layer_state, index):
+      block = nnx.merge(graphdef, layer_state)
+      x, kv, mass = block(x, e0, context, angles, mask, cache, index, with_mass)
+      return x, (kv, mass)
 
     if self.cfg.scan_layers:
-      return jax.lax.scan(lambda x, xs: layer(x, *xs), x, (state, cache_kv))
-    kvs = []
+      x, (kv, mass) = jax.lax.scan(lambda x, xs: layer(x, *xs), x,
+                                   (state, jnp.arange(self.cfg.num_layers)))
+      return x, kv, mass
+    outs = []
     for i in range(self.cfg.num_layers):
-      pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
-      x, kv = layer(x, pick(state), pick(cache_kv))
-      kvs.append(kv)
-    return x, jax.tree.map(lambda *a: jnp.stack(a), *kvs)
+      x, out = layer(x, jax.tree.map(lambda a: a[i], state), i)
+      outs.append(out)
+    kv, mass = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x, kv, mass
 
   # -- forward --------------------------------------------------------------------------------
 
-  def __call__(self, video, t, frame_index, label, frame_cond=None, *,
-               mode='bidirectional', chunk_frames=1, cache_kv=None, return_kv=False):
+  def __call__(self, video, t, frame_index, label, frame_cond=None, *, mode='bidirectional',
+               chunk_frames=1, cache=None, return_kv=False, return_cache_mass=False):
     """Predicts the flow velocity for `video` [B, T, H, W, C].
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
     frame_index: [B, T] or [T] absolute frame indices (RoPE positions and chunk membership).
     label: [B] int class labels (num_classes = unconditional).
     mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
-    cache_kv: for 'cached', (k, v [L, B, C, H, Dh], valid [L, B, C]) read by every block.
+    cache: for 'cached', the `KVCache.read()` every block attends to.
     return_kv: also return the (k, v) [L, B, T*S, H, Dh] of these tokens, as the cache stores them.
+    return_cache_mass: also return the attention mass [L, B, C] each cache slot received (summed
+      over this chunk's queries, averaged over heads); costs a second pass over the cache.
+    Returns the velocity [B, T, H, W, C], followed by what was asked for, in this order.
     """
     if mode not in ATTENTION_MODES:
       raise ValueError(f'Unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}.')
-    if (mode == 'cached') != (cache_kv is not None):
-      raise ValueError("cache_kv is required by mode='cached' and only by it.")
+    if (mode == 'cached') != (cache is not None):
+      raise ValueError("cache is required by mode='cached' and only by it.")
+    if return_cache_mass and cache is None:
+      raise ValueError('return_cache_mass needs a cache.')
     cfg = self.cfg
     b, nt = video.shape[:2]
     frame_index = jnp.broadcast_to(frame_index, (b, nt))
@@ -262,9 +284,10 @@ class VideoDiT(nnx.Module):
     mask = None
     if mode == 'block_causal':
       mask = block_causal_mask(positions[..., 0], chunk_frames)
-    x, kv = self.run_blocks(x, e0, context, angles, mask, cache_kv)
+    x, kv, mass = self.run_blocks(x, e0, context, angles, mask, cache, return_cache_mass)
     velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
-    return (velocity, kv) if return_kv else velocity
+    outputs = (velocity,) + ((kv,) if return_kv else ()) + ((mass,) if return_cache_mass else ())
+    return outputs if len(outputs) > 1 else velocity
 
 
 def init_model(cfg: DiTConfig, seed: int = 0) -> VideoDiT:
