@@ -1,0 +1,161 @@
+"""What the procedural TFDS builders share: the sizes config, the features, seeding, preparing.
+
+Every example is a pure function of (seed, split, index): its generator is seeded with
+`np.random.default_rng([seed, split_id, index])`, so the same config gives the same examples, the
+splits draw from disjoint seed streams, and a larger split starts with the examples of a smaller one.
+(Same config: the same decoded examples in the same order. The record files themselves can differ
+byte-wise between runs: protobuf writes each example's feature map in a per-process order.)
+
+Features of every example (the reading side converts `video` to float32 in [-1, 1]):
+  video         uint8 [T, H, W, 3]     RGB, 0..255
+  label         int64 []               the class (each builder documents its meaning)
+  frame_cond    float32 [T, 2]         camera displacement (dx, dy) in pixels since the previous
+                                        frame; frame 0 and a static camera give 0
+  revisit_mask  bool [T, H, W]         content back in view after more than `revisit_horizon`
+                                        frames unseen, while it stays in view (see revisit.py)
+"""
+
+import dataclasses
+import inspect
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from pafukv_jax.data.revisit import revisit_mask
+
+# Arrays are stored as raw bytes (ArrayRecord compresses them): TFDS's default encoding writes
+# one int64 per uint8 pixel and dominates the generation time.
+BYTES = tfds.features.Encoding.BYTES
+SPLIT_IDS = {'train': 0, 'test': 1}   # the second entry of every example's seed
+FRAME_COND_DIM = 2
+
+
+@dataclasses.dataclass(eq=False)
+class ProceduralConfig(tfds.core.BuilderConfig):
+  """Sizes of a procedural dataset. Its name encodes every field: each size has its own folder."""
+  num_frames: int = 32
+  height: int = 32
+  width: int = 32
+  train_examples: int = 5000
+  test_examples: int = 500
+  revisit_horizon: int = 8      # N: content unseen for more than N frames counts as revisited
+  seed: int = 0
+
+
+def procedural_config(num_frames: int = 32, height: int = 32, width: int = 32,
+                      train_examples: int = 5000, test_examples: int = 500,
+                      revisit_horizon: int = 8, seed: int = 0) -> ProceduralConfig:
+  sizes = dict(num_frames=num_frames, height=height, width=width, train_examples=train_examples,
+               test_examples=test_examples, revisit_horizon=revisit_horizon, seed=seed)
+  sizes = {k: int(v) for k, v in sizes.items()}
+  minimum = dict(num_frames=2, height=8, width=8, train_examples=1, test_examples=1,
+                 revisit_horizon=1, seed=0)
+  for key, low in minimum.items():
+    if sizes[key] < low:
+      raise ValueError(f'{key} must be >= {low}; got {sizes[key]}.')
+  name = ('t{num_frames}_{height}x{width}_train{train_examples}_test{test_examples}'
+          '_n{revisit_horizon}_seed{seed}').format(**sizes)
+  return ProceduralConfig(name=name, **sizes)
+
+
+def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  return np.random.default_rng([seed, SPLIT_IDS[split], index])
+
+
+def check_writable(directory: str) -> None:
+  """Raises a clear error unless `directory` exists (or can be made) and accepts new files."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    raise PermissionError(
+        f'Cannot write the dataset into data_dir={directory!r} ({type(e).__name__}: {e}). '
+        'Set the data config\'s data_dir to a writable directory, or prepare the '
+        'dataset once where it is writable and point data_dir there.') from e
+
+
+class ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the procedural builders: subclasses define `make_example(rng, split, config)`.
+
+  Construct with a `ProceduralConfig` or with its fields as keyword arguments:
+    OccludedObjects(data_dir=d, num_frames=8, height=16, width=16, train_examples=4, ...)
+  Bump VERSION whenever the generated content changes, so that old folders are not reused.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  # No predefined configs: every size is a custom config named after its fields.
+
+  def __init__(self, *, data_dir: str | None = None, config: ProceduralConfig | None = None,
+               file_format: str = 'array_record', version: Any = None, **sizes):
+    if config is not None and sizes:
+      raise ValueError(f'Give either config or sizes, not both (sizes: {sorted(sizes)}).')
+    if isinstance(config, str):
+      raise ValueError(f'config must be a ProceduralConfig (from procedural_config(...)), not the '
+                       f'name {config!r}: pass the sizes as keyword arguments instead.')
+    config = config if config is not None else procedural_config(**sizes)
+    super().__init__(data_dir=data_dir, config=config, file_format=file_format, version=version)
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's own lookup needs the `importlib_resources` backport on Python >= 3.9 (TFDS 4.9.10
+    # declares it only for < 3.9); the defining module's file is all it wants.
+    return epath.Path(inspect.getfile(cls))
+
+  # Subclasses: extra features beside the shared ones, and the example generator.
+  def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+    return {}
+
+  @classmethod
+  def make_example(cls, rng: np.random.Generator, split: str,
+                   config: ProceduralConfig) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    c = self.builder_config
+    t, h, w = c.num_frames, c.height, c.width
+    features = {
+        'video': tfds.features.Tensor(shape=(t, h, w, 3), dtype=np.uint8, encoding=BYTES),
+        'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+        'frame_cond': tfds.features.Tensor(shape=(t, FRAME_COND_DIM), dtype=np.float32,
+                                           encoding=BYTES),
+        'revisit_mask': tfds.features.Tensor(shape=(t, h, w), dtype=np.bool_, encoding=BYTES),
+        **self.extra_features(),
+    }
+    return tfds.core.DatasetInfo(
+        builder=self, description=(type(self).__doc__ or '').strip(),
+        features=tfds.features.FeaturesDict(features),
+        disable_shuffling=True)  # record i is example i: the pipeline does the shuffling
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing is downloaded
+    return {split: self._generate_examples(split) for split in SPLIT_IDS}
+
+  def _generate_examples(self, split: str):
+    c = self.builder_config
+    count = c.train_examples if split == 'train' else c.test_examples
+    for index in range(count):
+      yield index, self.make_example(example_rng(c.seed, split, index), split, c)
+
+
+def finish_example(frames: np.ndarray, content_ids: np.ndarray, frame_cond: np.ndarray,
+                   label: int, horizon: int, **extra) -> dict[str, Any]:
+  """The stored example, with the revisit mask computed from the per-pixel content ids."""
+  return dict(video=frames.astype(np.uint8), label=np.int64(label),
+              frame_cond=frame_cond.astype(np.float32),
+              revisit_mask=revisit_mask(content_ids, horizon), **extra)
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Generates the dataset into its data_dir unless it is there already; returns the builder."""
+  if not builder.is_prepared():
+    check_writable(os.fspath(builder.data_dir_root))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return builder
