@@ -26,6 +26,9 @@ from pafukv_jax.models.dit import DiTConfig, init_model
 
 flags.DEFINE_list('frames', ['16', '32', '64', '128'], 'Video lengths.')
 flags.DEFINE_list('policies', ['full', 'window', 'sink_window'], 'Policies.')
+flags.DEFINE_list('impls', ['blockwise', 'masked'],
+                  'model.attention_impl values to compare (masked: every slot, filled or not).')
+flags.DEFINE_integer('block_size', 256, 'model.cache_block_size of the blockwise attention.')
 flags.DEFINE_string('size', 'base', 'Model size from configs/common.py.')
 flags.DEFINE_integer('batch', 4, 'Videos generated together.')
 flags.DEFINE_integer('budget_frames', 4, 'Cache budget of the bounded policies.')
@@ -34,7 +37,7 @@ flags.DEFINE_string('out', 'benchmarks/results/rollout_speed.json', 'JSON output
 FLAGS = flags.FLAGS
 
 
-def measure(model, policy, num_frames):
+def measure(model, impl, policy, num_frames):
   import ml_collections
   cache = ml_collections.ConfigDict(dict(budget_frames=FLAGS.budget_frames,
                                          sink_frames=FLAGS.sink_frames, recent_frames=0))
@@ -50,7 +53,7 @@ def measure(model, policy, num_frames):
   steady = per_frame[1:]
   window = min(16, len(steady) // 2)
   return dict(
-      policy=policy, num_frames=num_frames, batch=FLAGS.batch,
+      impl=impl, policy=policy, num_frames=num_frames, batch=FLAGS.batch,
       capacity_tokens=sampler.spec.capacity, cache_bytes=sampler.cache_bytes(FLAGS.batch),
       ms_per_frame=1000 * float(np.mean(steady)),
       ms_first16=1000 * float(np.mean(steady[:window])),
@@ -61,31 +64,43 @@ def measure(model, policy, num_frames):
 
 def main(argv):
   del argv
-  cfg = DiTConfig.from_config(common.model_config(FLAGS.size))
-  model = init_model(cfg, 0)
   rows = []
-  header = (f'{"policy":<12} {"frames":>6} {"capacity":>8} {"cache MiB":>9} {"ms/frame":>9} '
-            f'{"first16":>8} {"last16":>8} {"compile s":>9}')
-  print(header)
+  print(f'{"impl":<10} {"policy":<12} {"frames":>6} {"capacity":>8} {"cache MiB":>9} '
+        f'{"ms/frame":>9} {"first16":>8} {"last16":>8} {"compile s":>9}')
+  for impl in FLAGS.impls:
+    overrides = dict(common.model_config(FLAGS.size), attention_impl=impl,
+                     cache_block_size=FLAGS.block_size)
+    cfg = DiTConfig.from_config(overrides)
+    model = init_model(cfg, 0)
+    for num_frames in map(int, FLAGS.frames):
+      for policy in FLAGS.policies:
+        if impl != FLAGS.impls[0] and policy != 'full':
+          continue  # a bounded cache is always full: both implementations read every slot
+        r = measure(model, impl, policy, num_frames)
+        rows.append(r)
+        print(f'{impl:<10} {policy:<12} {num_frames:>6} {r["capacity_tokens"]:>8} '
+              f'{r["cache_bytes"] / 2**20:>9.2f} {r["ms_per_frame"]:>9.1f} {r["ms_first16"]:>8.1f} '
+              f'{r["ms_last16"]:>8.1f} {r["compile_s"]:>9.2f}', flush=True)
+  by = {(r['impl'], r['policy'], r['num_frames']): r for r in rows}
+  first = FLAGS.impls[0]
+  print(f'\nratios of ms/frame, {first} attention unless named:')
   for num_frames in map(int, FLAGS.frames):
+    full = by.get((first, 'full', num_frames))
     for policy in FLAGS.policies:
-      r = measure(model, policy, num_frames)
-      rows.append(r)
-      print(f'{policy:<12} {num_frames:>6} {r["capacity_tokens"]:>8} '
-            f'{r["cache_bytes"] / 2**20:>9.2f} {r["ms_per_frame"]:>9.1f} {r["ms_first16"]:>8.1f} '
-            f'{r["ms_last16"]:>8.1f} {r["compile_s"]:>9.2f}', flush=True)
-  by = {(r['policy'], r['num_frames']): r for r in rows}
-  print('\nspeed-up of the bounded policies over full (ms/frame ratio):')
-  for num_frames in map(int, FLAGS.frames):
-    for policy in FLAGS.policies:
-      if policy != 'full' and ('full', num_frames) in by:
-        ratio = by['full', num_frames]['ms_per_frame'] / by[policy, num_frames]['ms_per_frame']
-        r = by[policy, num_frames]
-        print(f'  {policy:<12} {num_frames:>4} frames: {ratio:5.2f}x; last16/first16 '
-              f'{r["ms_last16"] / r["ms_first16"]:.3f}')
+      r = by.get((first, policy, num_frames))
+      if r is None:
+        continue
+      line = f'  {policy:<12} {num_frames:>4} frames: last16/first16 {r["ms_last16"] / r["ms_first16"]:.2f}'
+      if full is not None and policy != 'full':
+        line += f'; full / {policy} = {full["ms_per_frame"] / r["ms_per_frame"]:.2f}x'
+      for impl in FLAGS.impls[1:]:
+        other = by.get((impl, 'full', num_frames))
+        if policy == 'full' and other is not None:
+          line += f'; full {first} / full {impl} = {r["ms_per_frame"] / other["ms_per_frame"]:.2f}'
+      print(line)
   os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
   with open(FLAGS.out, 'w') as f:
-    json.dump(dict(model=cfg.__dict__, device=jax.devices()[0].device_kind,
+    json.dump(dict(model=dict(common.model_config(FLAGS.size)), block_size=FLAGS.block_size, device=jax.devices()[0].device_kind,
                    machine=f'{platform.machine()}, {os.cpu_count()} cores', jax=jax.__version__,
                    rows=rows), f, indent=1, default=str)
   print(f'wrote {FLAGS.out}')
