@@ -138,7 +138,7 @@ class Sampler:
                       cache=self._read(cache), return_kv=True)
     s = self.model_cfg.tokens_per_frame
     token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
-    new_score = jnp.zeros(k.shape[:3])
+    new_score = jnp.zeros((k.shape[0], b, f * s))  # [L, B, N]
     all_frames = jnp.concatenate(
         [cache.frame, jnp.broadcast_to(token_frames, new_score.shape)], axis=-1)
     all_scores = jnp.concatenate([cache.score, new_score], axis=-1)

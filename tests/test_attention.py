@@ -8,17 +8,17 @@ from pafukv_jax.models.attention import attention, block_causal_mask, cached_att
 
 
 def naive_attention(q, k, v, mask):
-  """numpy reference: q [B, Nq, H, D], k/v [B, Nk, H, D], mask [B, Nq, Nk]."""
-  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+  """numpy reference: q [B, H, Nq, D], k/v [B, H, Nk, D], mask [B, Nq, Nk]."""
+  logits = np.einsum('bhqd,bhkd->bhqk', q, k) / np.sqrt(q.shape[-1])
   logits = np.where(mask[:, None], logits, -np.inf)
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
-  return np.einsum('bhqk,bkhd->bqhd', p, v)
+  return np.einsum('bhqk,bhkd->bhqd', p, v)
 
 
 def _cache(rng, layers, b, c, h, d, filled):
   """A cache whose first `filled[l, b]` slots are valid (slots fill from 0 upward)."""
-  k, v = (rng.normal(size=(layers, b, c, h, d)).astype(np.float32) for _ in range(2))
+  k, v = (rng.normal(size=(layers, b, h, c, d)).astype(np.float32) for _ in range(2))
   frame = np.where(np.arange(c) < filled[..., None], 0, -1).astype(np.int32)
   cache = kv_cache.KVCache(jnp.asarray(k), jnp.asarray(v), jnp.asarray(frame),
                            jnp.zeros(frame.shape, jnp.float32))
@@ -30,7 +30,7 @@ def _cache(rng, layers, b, c, h, d, filled):
 def test_cached_attention_equals_masked_concatenation(impl, block_size):
   rng = np.random.default_rng(0)
   layers, b, n, c, h, d = 2, 2, 4, 20, 2, 8
-  q, k, v = (rng.normal(size=(b, n, h, d)).astype(np.float32) for _ in range(3))
+  q, k, v = (rng.normal(size=(b, h, n, d)).astype(np.float32) for _ in range(3))
   filled = np.array([[13, 0], [20, 5]])  # an empty cache attends to the chunk only
   cache, ck, cv, valid = _cache(rng, layers, b, c, h, d, filled)
   read = cache.read(block_size)
@@ -39,8 +39,8 @@ def test_cached_attention_equals_masked_concatenation(impl, block_size):
     got, _ = cached_attention(*map(jnp.asarray, (q, k, v)), read, layer, impl)
     mask = np.concatenate([np.broadcast_to(valid[layer][:, None], (b, n, c)),
                            np.ones((b, n, n), bool)], -1)
-    want = naive_attention(q, np.concatenate([ck[layer], k], 1),
-                           np.concatenate([cv[layer], v], 1), mask)
+    want = naive_attention(q, np.concatenate([ck[layer], k], 2),
+                           np.concatenate([cv[layer], v], 2), mask)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
@@ -48,12 +48,12 @@ def test_cached_attention_equals_masked_concatenation(impl, block_size):
 def test_cache_mass_is_the_attention_each_slot_receives(impl, block_size):
   rng = np.random.default_rng(1)
   b, n, c, h, d = 2, 3, 16, 2, 4
-  q, k, v = (rng.normal(size=(b, n, h, d)).astype(np.float32) for _ in range(3))
+  q, k, v = (rng.normal(size=(b, h, n, d)).astype(np.float32) for _ in range(3))
   cache, ck, _, valid = _cache(rng, 1, b, c, h, d, np.array([[9, 16]]))
   _, mass = cached_attention(*map(jnp.asarray, (q, k, v)), cache.read(block_size), 0, impl,
                              with_mass=True)
-  keys = np.concatenate([ck[0], k], 1)
-  logits = np.einsum('bqhd,bkhd->bhqk', q, keys) / np.sqrt(d)
+  keys = np.concatenate([ck[0], k], 2)
+  logits = np.einsum('bhqd,bhkd->bhqk', q, keys) / np.sqrt(d)
   mask = np.concatenate([valid[0], np.ones((b, n), bool)], -1)[:, None, None]
   logits = np.where(mask, logits, -np.inf)
   p = np.exp(logits - logits.max(-1, keepdims=True))
@@ -65,7 +65,7 @@ def test_cache_mass_is_the_attention_each_slot_receives(impl, block_size):
 
 def test_masked_attention_matches_reference():
   rng = np.random.default_rng(1)
-  q, k, v = (rng.normal(size=(1, 6, 2, 8)).astype(np.float32) for _ in range(3))
+  q, k, v = (rng.normal(size=(1, 2, 6, 8)).astype(np.float32) for _ in range(3))
   frames = jnp.array([[0, 0, 1, 1, 2, 2]])
   mask = block_causal_mask(frames, chunk_frames=2)
   want = naive_attention(q, k, v, np.asarray(mask)[:, 0])

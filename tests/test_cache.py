@@ -14,7 +14,7 @@ L, B, C, N, H, D = 2, 3, 8, 3, 1, 2
 def _tokens(ids, frames, scores):
   """Incoming tokens whose k/v encode their id, so slots can be traced after the update."""
   ids = jnp.asarray(ids, jnp.float32)  # [L, B, N]
-  k = jnp.broadcast_to(ids[..., None, None], (*ids.shape, H, D))
+  k = jnp.broadcast_to(ids[:, :, None, :, None], (*ids.shape[:2], H, ids.shape[2], D))
   return k, -k, jnp.asarray(frames), jnp.asarray(scores)
 
 
@@ -44,19 +44,19 @@ def test_update_keeps_top_c_and_moves_slots_together(sink, recent):
     got = jax.device_get(cache)
     for l in range(L):
       for b in range(B):
-        cand_ids = [int(x) if f >= 0 else -1 for x, f in zip(old.k[l, b, :, 0, 0], old.frame[l, b])]
+        cand_ids = [int(x) if f >= 0 else -1 for x, f in zip(old.k[l, b, 0, :, 0], old.frame[l, b])]
         cand_ids += list(ids[l, b])
         cand_frames = list(old.frame[l, b]) + list(frame_new[b])
         valid = [i for i in range(C + N) if cand_frames[i] >= 0]
         want = _naive_keep([cand_ids[i] for i in valid], [cand_frames[i] for i in valid],
                            [keep[l, b, i] for i in valid], sink, recent, step)
         live = got.frame[l, b] >= 0
-        held = {int(x) for x in got.k[l, b, live, 0, 0]}
+        held = {int(x) for x in got.k[l, b, 0, live, 0]}
         assert held == want
         # k, v, frame and score of each token stay together
         np.testing.assert_array_equal(got.v[l, b], -got.k[l, b])
         for slot in np.flatnonzero(live):
-          tok = int(got.k[l, b, slot, 0, 0])
+          tok = int(got.k[l, b, 0, slot, 0])
           if tok in ids[l, b]:
             contents[l][b][tok] = (step, float(score_new[l, b, list(ids[l, b]).index(tok)]))
           assert (got.frame[l, b, slot], got.score[l, b, slot]) == pytest.approx(contents[l][b][tok])
@@ -70,10 +70,10 @@ def test_update_writes_into_freed_slots_only():
   cache = kv_cache.update_cache(cache, k, v, f, s, recency(cache, f).astype(jnp.float32))
   k, v, f, s = _tokens(np.array([[[3, 4]]]), np.array([[1, 1]]), np.zeros((1, 1, 2)))
   cache = kv_cache.update_cache(cache, k, v, f, s, recency(cache, f).astype(jnp.float32))
-  before = np.asarray(cache.k[0, 0, :, 0, 0]).copy()
+  before = np.asarray(cache.k[0, 0, 0, :, 0]).copy()
   k, v, f, s = _tokens(np.array([[[5, 6]]]), np.array([[2, 2]]), np.zeros((1, 1, 2)))
   cache = kv_cache.update_cache(cache, k, v, f, s, recency(cache, f).astype(jnp.float32))
-  after = np.asarray(cache.k[0, 0, :, 0, 0])
+  after = np.asarray(cache.k[0, 0, 0, :, 0])
   evicted = before <= 2  # frame 0's tokens
   np.testing.assert_array_equal(after[~evicted], before[~evicted])
   assert sorted(after[evicted]) == [5, 6]

@@ -24,7 +24,7 @@ def test_shapes_and_kv():
   v, (k, vv) = model(video, times, frames, label, return_kv=True)
   assert v.shape == video.shape and v.dtype == jnp.float32
   n = 6 * cfg.tokens_per_frame
-  assert k.shape == vv.shape == (cfg.num_layers, 2, n, cfg.num_heads, cfg.head_dim)
+  assert k.shape == vv.shape == (cfg.num_layers, 2, cfg.num_heads, n, cfg.head_dim)
 
 
 @pytest.mark.parametrize('impl,block_size', [('blockwise', 32), ('blockwise', 24), ('masked', 32),
@@ -47,7 +47,7 @@ def test_cached_chunk_equals_block_causal_forward(impl, block_size):
                         cache=cache.read(block_size), return_kv=True)
     np.testing.assert_allclose(out, want[:, sl], atol=1e-5, rtol=1e-5)
     token_frames = jnp.broadcast_to(jnp.repeat(frames[sl], s), (2, f * s))
-    score = jnp.zeros(k.shape[:3])
+    score = jnp.zeros((cfg.num_layers, 2, f * s))
     keep = jnp.zeros((cfg.num_layers, 2, cache.capacity + f * s))
     cache = kv_cache.update_cache(cache, k, v, token_frames, score, keep)
   out = model(video[:, 4:], times[:, 4:], frames[4:], label, mode='cached',

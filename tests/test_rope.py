@@ -14,7 +14,7 @@ def test_split_matches_wan():
 def test_rotation_matches_complex_multiplication():
   """Independent reference: adjacent channel pairs as complex numbers times exp(i angle)."""
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(1, 5, 2, 12)).astype(np.float32)
+  x = rng.normal(size=(1, 2, 5, 12)).astype(np.float32)  # [B, H, N, Dh]
   pos = rng.integers(0, 50, size=(1, 5, 3))
   angles = np.asarray(rope_angles(jnp.asarray(pos), 12))
   c = 6
@@ -24,7 +24,7 @@ def test_rotation_matches_complex_multiplication():
                                 pos[..., 2:3] * freqs(nw)], axis=-1)
   np.testing.assert_allclose(angles, want_angles, rtol=1e-6)
   z = x[..., 0::2] + 1j * x[..., 1::2]
-  rotated = z * np.exp(1j * want_angles)[:, :, None, :]
+  rotated = z * np.exp(1j * want_angles)[:, None]
   want = np.stack([rotated.real, rotated.imag], axis=-1).reshape(x.shape)
   np.testing.assert_allclose(np.asarray(apply_rope(jnp.asarray(x), jnp.asarray(angles))), want,
                              atol=1e-5)

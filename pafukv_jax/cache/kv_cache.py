@@ -1,7 +1,8 @@
 """The fixed-size KV cache: one pytree of static shape, one update path for every policy.
 
 Shapes (L layers, B samples, C slots, H heads, Dh head dim):
-  k, v   [L, B, C, H, Dh]  keys are stored already rotated by RoPE at their absolute frame;
+  k, v   [L, B, H, C, Dh]  keys are stored already rotated by RoPE at their absolute frame;
+                           head-major, so attention over the slots is a plain batched matmul;
   frame  [L, B, C] int32   frame index of the token in each slot, -1 for an empty slot;
   score  [L, B, C] f32     the score the policy carries with each token (e.g. attention mass).
 Metadata is per layer so that a policy may keep a different selection in every layer; with a
@@ -34,7 +35,7 @@ class KVCache:
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
   @property
   def nbytes(self) -> int:
@@ -53,8 +54,8 @@ class KVCache:
 class CacheRead:
   """What a cached forward reads: the whole cache (never a per-layer copy) and how much of it
   is filled. Slots at or past `num_blocks * block_size` hold no valid token."""
-  k: jax.Array           # [L, B, C, H, Dh]
-  v: jax.Array           # [L, B, C, H, Dh]
+  k: jax.Array           # [L, B, H, C, Dh]
+  v: jax.Array           # [L, B, H, C, Dh]
   valid: jax.Array       # [L, B, C] bool
   num_blocks: jax.Array  # traced int32: blocks of slots up to the last valid one
   block_size: int = struct.field(pytree_node=False, default=256)
@@ -62,7 +63,7 @@ class CacheRead:
 
 
 def init_cache(num_layers, batch, capacity, num_heads, head_dim, dtype=jnp.float32) -> KVCache:
-  kv_shape = (num_layers, batch, capacity, num_heads, head_dim)
+  kv_shape = (num_layers, batch, num_heads, capacity, head_dim)
   meta_shape = (num_layers, batch, capacity)
   return KVCache(
       k=jnp.zeros(kv_shape, dtype), v=jnp.zeros(kv_shape, dtype),
@@ -118,14 +119,15 @@ def _write_slots(k, v, frame, score, k_new, v_new, frame_new, score_new, keep):
   rank = jnp.cumsum(survives) - 1
   target = jnp.where(survives, freed[jnp.clip(rank, 0, n - 1)], c)  # c = dropped
   put = lambda buf, new: buf.at[target].set(new, mode='drop')
-  return put(k, k_new), put(v, v_new), put(frame, frame_new), put(score, score_new)
+  put_kv = lambda buf, new: buf.at[:, target].set(new, mode='drop')  # [H, C, Dh]
+  return put_kv(k, k_new), put_kv(v, v_new), put(frame, frame_new), put(score, score_new)
 
 
 def update_cache(cache: KVCache, k_new, v_new, frame_new, score_new, keep_score,
                  *, sink_frames: int = 0, recent_frames: int = 0) -> KVCache:
   """Admits a chunk's tokens, keeping the cache's C best by `keep_score`.
 
-  k_new/v_new [L, B, N, H, Dh]; frame_new [B, N] int; score_new [L, B, N];
+  k_new/v_new [L, B, H, N, Dh]; frame_new [B, N] int; score_new [L, B, N];
   keep_score [L, B, C + N]: the policy's score of every cached slot, then every incoming token.
   Tokens of frames < sink_frames, and of the newest `recent_frames` frames, are never evicted.
   """

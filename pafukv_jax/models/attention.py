@@ -36,24 +36,27 @@ def dense(cfg, din, dout, axes, rngs, init=nnx.initializers.lecun_normal()):
 
 
 # -- softmax pieces ---------------------------------------------------------------------------
-# A "partial" is (out [B, Nq, H, D] unnormalised, row max [B, H, Nq], row sum [B, H, Nq]) of one
+# Everything is head-major, q [B, H, Nq, D] and k, v [B, H, Nk, D], so that the two einsums are
+# plain batched matmuls over (B, H) with no transposes (1.5x faster on CPU than [B, N, H, D]).
+# A "partial" is (out [B, H, Nq, D] unnormalised, row max [B, H, Nq], row sum [B, H, Nq]) of one
 # group of keys; partials of disjoint groups combine exactly (the online softmax).
 
 
 def _logits(q, k):
-  out = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-  return out / math.sqrt(q.shape[-1])
+  """Scaled logits [B, H, Nq, Nk]; q is scaled, the smaller operand."""
+  q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)
+  return jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
 
 
 def _partial_attention(q, k, v, mask):
-  """Partial over keys k/v [B, Nk, H, D]; mask broadcastable to [B, H, Nq, Nk] or None.
+  """Partial over keys k/v [B, H, Nk, D]; mask broadcastable to [B, H, Nq, Nk] or None.
   A row with no visible key has max -inf and sum 0."""
   logits = _logits(q, k)
   if mask is not None:
     logits = jnp.where(mask, logits, _NEG_INF)
   row_max = jnp.max(logits, axis=-1)
   p = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0)[..., None])
-  out = jnp.einsum('bhqk,bkhd->bqhd', p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = jnp.einsum('bhqk,bhkd->bhqd', p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return out, row_max, jnp.sum(p, axis=-1)
 
 
@@ -62,19 +65,20 @@ def _combine(a, b):
   m = jnp.maximum(ma, mb)
   scale = lambda mx: jnp.where(jnp.isfinite(mx), jnp.exp(mx - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
   sa, sb = scale(ma), scale(mb)
-  rows = lambda x: jnp.swapaxes(x, 1, 2)[..., None]  # [B, H, Nq] -> [B, Nq, H, 1]
-  return oa * rows(sa) + ob * rows(sb), m, la * sa + lb * sb
+  return oa * sa[..., None] + ob * sb[..., None], m, la * sa + lb * sb
 
 
 def _normalise(partial):
   out, _, total = partial
-  return out / jnp.swapaxes(total, 1, 2)[..., None]
+  return out / total[..., None]
 
 
 def attention(q, k, v, mask=None, impl='blockwise'):
-  """Softmax attention of q over (k, v) with an optional boolean visibility mask."""
-  if impl in ('xla', 'cudnn'):
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  """Softmax attention of q [B, H, Nq, D] over (k, v) [B, H, Nk, D] with an optional boolean
+  visibility mask broadcastable to [B, H, Nq, Nk]; returns [B, H, Nq, D]."""
+  if impl in ('xla', 'cudnn'):  # these take [B, N, H, D]
+    t = lambda x: jnp.swapaxes(x, 1, 2)
+    return t(jax.nn.dot_product_attention(t(q), t(k), t(v), mask=mask, implementation=impl))
   return _normalise(_partial_attention(q, k, v, mask)).astype(q.dtype)
 
 
@@ -84,11 +88,11 @@ def attention(q, k, v, mask=None, impl='blockwise'):
 def _cache_block(cache: CacheRead, layer, i):
   """Block i of the layer's slots, sliced out of the whole cache in one dynamic_slice.
   The last block is shifted back to stay in bounds; slots an earlier block covered are masked."""
-  _, b, c, h, d = cache.k.shape
+  _, b, h, c, d = cache.k.shape
   bs = cache.block_size
   start = jnp.minimum(i * bs, c - bs)
-  k = jax.lax.dynamic_slice(cache.k, (layer, 0, start, 0, 0), (1, b, bs, h, d))[0]
-  v = jax.lax.dynamic_slice(cache.v, (layer, 0, start, 0, 0), (1, b, bs, h, d))[0]
+  k = jax.lax.dynamic_slice(cache.k, (layer, 0, 0, start, 0), (1, b, h, bs, d))[0]
+  v = jax.lax.dynamic_slice(cache.v, (layer, 0, 0, start, 0), (1, b, h, bs, d))[0]
   valid = jax.lax.dynamic_slice(cache.valid, (layer, 0, start), (1, b, bs))[0]
   return k, v, valid & (start + jnp.arange(bs) >= i * bs)[None], start
 
@@ -97,8 +101,8 @@ def _cache_partial(q, cache: CacheRead, layer, impl):
   """Partial attention of q over the layer's valid cache slots."""
   if impl == 'masked':  # every slot, filled or not: the preallocated baseline
     return _partial_attention(q, cache.k[layer], cache.v[layer], cache.valid[layer][:, None, None])
-  b, nq, h, d = q.shape
-  init = (jnp.zeros((b, nq, h, d), jnp.float32), jnp.full((b, h, nq), _NEG_INF),
+  b, h, nq, d = q.shape
+  init = (jnp.zeros((b, h, nq, d), jnp.float32), jnp.full((b, h, nq), _NEG_INF),
           jnp.zeros((b, h, nq), jnp.float32))
 
   def body(i, acc):
@@ -131,15 +135,16 @@ def _cache_mass(q, cache: CacheRead, layer, row_max, row_sum, impl):
 def cached_attention(q, k, v, cache: CacheRead, layer, impl='blockwise', with_mass=False):
   """The chunk (q, k, v) attends to itself and to the valid cache slots of `layer`.
 
-  Returns out [B, Nq, H, D], and with `with_mass` also the attention each slot receives [B, C].
+  q, k, v [B, H, Nq, D]. Returns out [B, H, Nq, D], and with `with_mass` also the attention
+  each slot receives [B, C].
   """
   if impl in ('xla', 'cudnn'):
     if with_mass:
       raise ValueError(f"attention_impl={impl!r} gives no attention probabilities; use "
                        "'blockwise' or 'masked' with a policy that needs them.")
-    b, n = q.shape[:2]
-    keys = jnp.concatenate([cache.k[layer], k], axis=1)
-    values = jnp.concatenate([cache.v[layer], v], axis=1)
+    b, n = q.shape[0], q.shape[2]
+    keys = jnp.concatenate([cache.k[layer], k], axis=2)
+    values = jnp.concatenate([cache.v[layer], v], axis=2)
     visible = jnp.concatenate([cache.valid[layer], jnp.ones((b, n), bool)], axis=1)
     return attention(q, keys, values, visible[:, None, None], impl), None
   total = _combine(_partial_attention(q, k, v, None), _cache_partial(q, cache, layer, impl))
@@ -170,9 +175,12 @@ class _Attention(nnx.Module):
     self.norm_k = nnx.RMSNorm(dim, epsilon=cfg.eps, dtype=cfg.compute_dtype, rngs=rngs)
 
   def _heads(self, x):
-    return x.reshape(*x.shape[:2], self.num_heads, -1)
+    """[B, N, dim] -> head-major [B, H, N, Dh]."""
+    return jnp.swapaxes(x.reshape(*x.shape[:2], self.num_heads, -1), 1, 2)
 
   def _out(self, out):
+    """[B, H, N, Dh] -> projected [B, N, dim]."""
+    out = jnp.swapaxes(out, 1, 2)
     return self.o(out.reshape(*out.shape[:2], -1))
 
 
@@ -180,7 +188,7 @@ class SelfAttention(_Attention):
   """Self-attention over video tokens with 3D RoPE; bidirectional, masked, or with a cache."""
 
   def qkv(self, x, angles):
-    """Projected, normalised, rotated q, k and v [B, N, H, Dh] of tokens x [B, N, dim]."""
+    """Projected, normalised, rotated q, k and v [B, H, N, Dh] of tokens x [B, N, dim]."""
     q = apply_rope(self._heads(self.norm_q(self.q(x))), angles)
     k = apply_rope(self._heads(self.norm_k(self.k(x))), angles)
     return q, k, self._heads(self.v(x))

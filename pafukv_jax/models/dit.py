@@ -229,7 +229,7 @@ class VideoDiT(nnx.Module):
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
   def run_blocks(self, x, e0, context, angles, mask, cache, with_mass):
-    """All blocks; returns (x, (k, v) [L, B, N, H, Dh], cache mass [L, B, C] or None).
+    """All blocks; returns (x, (k, v) [L, B, H, N, Dh], cache mass [L, B, C] or None).
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing
     per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
@@ -262,7 +262,7 @@ class VideoDiT(nnx.Module):
     label: [B] int class labels (num_classes = unconditional).
     mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
     cache: for 'cached', the `KVCache.read()` every block attends to.
-    return_kv: also return the (k, v) [L, B, T*S, H, Dh] of these tokens, as the cache stores them.
+    return_kv: also return the (k, v) [L, B, H, T*S, Dh] of these tokens, as the cache stores them.
     return_cache_mass: also return the attention mass [L, B, C] each cache slot received (summed
       over this chunk's queries, averaged over heads); costs a second pass over the cache.
     Returns the velocity [B, T, H, W, C], followed by what was asked for, in this order.

@@ -32,11 +32,11 @@ def rope_angles(positions: jax.Array, head_dim: int, theta: float = 10000.0) -> 
 
 
 def apply_rope(x: jax.Array, angles: jax.Array) -> jax.Array:
-  """Rotates x [B, N, H, Dh] by angles [B or 1, N, Dh/2] (computed in float32)."""
+  """Rotates head-major x [B, H, N, Dh] by angles [B or 1, N, Dh/2] (computed in float32)."""
   dtype = x.dtype
   x = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-  cos = jnp.cos(angles)[:, :, None, :]
-  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, None]
+  sin = jnp.sin(angles)[:, None]
   x0, x1 = x[..., 0], x[..., 1]
   out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
   return out.reshape(*out.shape[:-2], -1).astype(dtype)
