@@ -30,7 +30,7 @@ flags.DEFINE_list('frames', ['16', '32', '64', '128'], 'Video lengths.')
 flags.DEFINE_list('policies', ['full', 'window', 'sink_window'], 'Policies.')
 flags.DEFINE_list('impls', ['blockwise', 'masked'],
                   'model.attention_impl values to compare (masked: every slot, filled or not).')
-flags.DEFINE_integer('block_size', 256, 'model.cache_block_size of the blockwise attention.')
+flags.DEFINE_integer('block_size', 512, 'model.cache_block_size of the blockwise attention.')
 flags.DEFINE_string('size', 'base', 'Model size from configs/common.py.')
 flags.DEFINE_integer('batch', 4, 'Videos generated together.')
 flags.DEFINE_integer('budget_frames', 4, 'Cache budget of the bounded policies.')

@@ -41,7 +41,7 @@ class KVCache:
   def nbytes(self) -> int:
     return sum(x.size * x.dtype.itemsize for x in (self.k, self.v, self.frame, self.score))
 
-  def read(self, block_size: int = 256) -> 'CacheRead':
+  def read(self, block_size: int = 512) -> 'CacheRead':
     """What the attention reads, with the number of blocks of `block_size` slots that hold
     valid tokens (slots fill from 0 upward, so this follows the filled length)."""
     c = self.capacity
@@ -58,7 +58,7 @@ class CacheRead:
   v: jax.Array           # [L, B, H, C, Dh]
   valid: jax.Array       # [L, B, C] bool
   num_blocks: jax.Array  # traced int32: blocks of slots up to the last valid one
-  block_size: int = struct.field(pytree_node=False, default=256)
+  block_size: int = struct.field(pytree_node=False, default=512)
 
 
 

@@ -47,7 +47,7 @@ class DiTConfig:
   dtype: str = 'float32'
   scan_layers: bool = True
   attention_impl: str = 'blockwise'  # blockwise | masked | xla | cudnn (see models/attention.py)
-  cache_block_size: int = 256        # slots per block of the blockwise cache attention
+  cache_block_size: int = 512        # slots per block of the blockwise cache attention
 
   @classmethod
   def from_config(cls, config) -> 'DiTConfig':
