@@ -13,6 +13,7 @@ import tqdm
 from absl import logging
 
 from pafukv_jax import checkpoints, sampling, video_io
+from pafukv_jax.cache.kv_cache import CacheSpec
 from pafukv_jax.cache.policies import RECOMPUTE, ROLLOUT_POLICIES, get_policy
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
@@ -101,7 +102,6 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   rc = rollout_config(cfg)
   model_cfg = DiTConfig.from_config(cfg.model)
   if cfg.policy != RECOMPUTE:
-    from pafukv_jax.cache.kv_cache import CacheSpec
     CacheSpec.from_config(get_policy(cfg.policy), cfg.cache, num_frames=rc.num_frames,
                           chunk_frames=rc.chunk_frames, tokens_per_frame=model_cfg.tokens_per_frame)
   check_workdir(workdir, overwrite)

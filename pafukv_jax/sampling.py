@@ -13,11 +13,9 @@ exact: the cached `full` rollout must match it.
 
 import dataclasses
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from pafukv_jax import diffusion
@@ -103,7 +101,6 @@ class Sampler:
     self.rc = rollout
     self.model_cfg = model.cfg
     self.graphdef, self.params = nnx.split(model)
-    self.policy_name = policy
     if policy == RECOMPUTE:
       self.policy, self.spec = None, None
       self._step = jax.jit(self._recompute_step, donate_argnums=(1,))
@@ -168,7 +165,8 @@ class Sampler:
       return model(x, t, frames, label, fc, mode='cached', cache=read)
 
     clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
-    return self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index)), clean
+    cache = self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index))
+    return cache, clean
 
   # -- recompute ------------------------------------------------------------------------------
 
@@ -178,27 +176,27 @@ class Sampler:
     f, num_frames = self.rc.chunk_frames, self.rc.num_frames
     b = video.shape[0]
     all_frames = jnp.arange(num_frames)
-    in_chunk = (all_frames // f) == chunk_index
+    start = chunk_index * f
 
     def velocity(x, t):
-      start = chunk_index * f
+      # finished frames are clean (t = 0); later ones are zeros that causality hides
       buf = jax.lax.dynamic_update_slice_in_dim(video, x.astype(video.dtype), start, axis=1)
-      t_all = jnp.where(in_chunk[None], jax.lax.dynamic_update_slice_in_dim(
-          jnp.zeros((b, num_frames)), t, start, axis=1), 0.0)
+      t_all = jax.lax.dynamic_update_slice_in_dim(jnp.zeros((b, num_frames)), t, start, axis=1)
       v = model(buf, t_all, all_frames, label, frame_cond, mode='block_causal', chunk_frames=f)
       return _chunk_slice(v, chunk_index, f)
 
     shape = (b, f, *video.shape[2:])
     clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
-    return jax.lax.dynamic_update_slice_in_dim(video, clean, chunk_index * f, axis=1), clean
+    return jax.lax.dynamic_update_slice_in_dim(video, clean, start, axis=1), clean
 
   # -- driver ---------------------------------------------------------------------------------
 
   def generate(self, keys, label, context=None, frame_cond=None, progress=None) -> jax.Array:
     """Returns videos [B, num_frames, H, W, C] (the context frames first, as given).
 
-    keys: [B] PRNG keys, one per sample (see `sample_keys`); label [B] int; context [B, context_frames, H, W, C] or None;
-    frame_cond [B, num_frames, frame_cond_dim] or None; progress: a callable(n) after each chunk.
+    keys: [B] PRNG keys, one per sample (see `sample_keys`); label [B] int;
+    context: [B, context_frames, H, W, C] or None; frame_cond: [B, num_frames, frame_cond_dim]
+    or None; progress: a callable(n) called after each chunk.
     Wall time of each generated chunk (blocked until ready) goes to `self.chunk_seconds`.
     """
     rc, cfg = self.rc, self.model_cfg

@@ -1,13 +1,12 @@
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import common
 from pafukv_jax.cache import kv_cache
-from pafukv_jax.models.dit import DiTConfig, init_model
-from tests.helpers import tiny_model, tiny_model_config
+from pafukv_jax.models.dit import DiTConfig
+from tests.helpers import tiny_model
 
 
 def _inputs(cfg, b=2, t=6, seed=0):
