@@ -1,11 +1,38 @@
-"""Training stages (teacher, student, salience head): not implemented yet.
+"""Trains one stage: the bidirectional teacher, or the causal AR student.
 
-The training loop, its configs and checkpoints land with the training issue; until then this
-entry point says so instead of pretending to train.
+  python train.py --config=configs/teacher.py[:tiny] --workdir=DIR [--config.FIELD=VALUE ...]
+  python train.py --config=configs/student.py[:tiny] --workdir=DIR2 --config.init_from=DIR
+
+Writes DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ and DIR/config.json; a DIR that
+holds checkpoints is resumed from its latest step. SIGTERM saves and exits.
 """
 
 import sys
 
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pafukv_jax.training import loop
+
+config_flags.DEFINE_config_file('config', None, 'Stage config file.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Run directory (resumed when it holds checkpoints).',
+                    required=True)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/teacher.py:tiny')
+  if not FLAGS.is_parsed() or FLAGS['verbosity'].using_default_value:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  try:
+    last = loop.train(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError) as e:  # bad input: say what, not where
+    sys.exit(f'train.py: error: {e}')
+  print(f'{FLAGS.config.stage}: step {last.get("step")} loss {last.get("loss")} in {FLAGS.workdir}')
+
+
 if __name__ == '__main__':
-  sys.exit('train.py: training is not implemented yet (teacher, student and salience-head stages '
-           'are planned). Use generate.py with random weights for smoke runs and speed.')
+  app.run(main)

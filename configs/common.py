@@ -19,3 +19,61 @@ def model_config(size: str = 'base') -> ml_collections.ConfigDict:
       num_heads=heads, num_layers=layers, freq_dim=256, cond_dim=cond, num_cond_tokens=4,
       num_classes=10, frame_cond_dim=0, eps=1e-6, rope_theta=10000.0, dtype='float32',
       scan_layers=True))
+
+
+def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
+  """The fields every training stage has; arg 'tiny' gives the test / CI size."""
+  from configs import data
+  tiny = arg == 'tiny'
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.total_steps = 20_000
+  c.batch_size = 16            # global, over all hosts; a multiple of mesh.data x mesh.fsdp
+  c.seed = 0                   # weights, noise levels and noise; the data order is data.shuffle_seed
+  c.log_every = 50             # metrics to DIR/metrics.jsonl and DIR/tensorboard
+  c.checkpoint_every = 1000
+  c.max_to_keep = 3
+  c.sample_every = 2000        # sample videos to DIR/samples/step_N/ (0: never)
+  c.multihost = False          # jax.distributed.initialize() before anything else
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1             # -1: every device not used by fsdp
+  c.mesh.fsdp = 1              # parameters and optimizer state sharded over this axis
+  c.mesh.rules = (('embed', 'fsdp'), ('mlp', None), ('heads', None), ('layers', None),
+                  ('vocab', None))
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-4
+  c.optimizer.warmup_steps = 500
+  c.optimizer.final_lr_fraction = 0.1
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.99
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.grad_clip = 1.0
+  c.optimizer.ema_decay = 0.999  # 0: no EMA of the weights
+
+  c.train_shift = 3.0          # shift of the training noise levels
+  c.label_dropout = 0.1        # labels replaced by the null label (classifier-free guidance)
+  c.chunk_frames = 1
+  c.clean_context_prob = 0.5   # student: probability that a context chunk is clean (t = 0)
+  c.init_from = ''             # student: the teacher's workdir (or a params directory)
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_samples = 2
+  c.sample.timesteps = (1000, 750, 500, 250)
+  c.sample.shift = 5.0
+
+  c.model = model_config('tiny' if tiny else 'small')
+  c.model.frame_cond_dim = 2   # the datasets' per-frame camera motion
+  c.data = data.get_config('tiny' if tiny else 'base')
+  c.data.num_frames = 8 if tiny else 16
+  if tiny:
+    c.total_steps = 6
+    c.batch_size = 8
+    c.log_every = 1
+    c.checkpoint_every = 3
+    c.sample_every = 0
+    c.optimizer.warmup_steps = 2
+    c.optimizer.learning_rate = 1e-3
+    c.sample.timesteps = (1000, 500)
+  return c

@@ -1,4 +1,11 @@
-"""Model weights on disk (Orbax), restored with a shape check against the config."""
+"""Weights and training state on disk (Orbax).
+
+* `save_params` / `load_params`: a model's parameters alone, restored with a shape check.
+* `TrainCheckpoints`: a training workdir's `checkpoints/` (CheckpointManager, async, max_to_keep):
+  the whole train state and the data position per step, restored onto any mesh.
+`load_params` reads either a params directory or a training workdir (its latest step; the EMA
+weights when the run kept them), so generation and later stages take either.
+"""
 
 import os
 
@@ -18,33 +25,99 @@ def save_params(path: str, model: nnx.Module) -> None:
 
 
 def _flat(tree):
-  return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  """{'a/b/0/mu/...': leaf}: the same path for dicts, lists, tuples and named tuples, so a
+  checkpoint's metadata tree and a live pytree compare."""
+  return {jax.tree_util.keystr(k, simple=True, separator='/'): v
+          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def load_params(path: str, model: nnx.Module) -> nnx.Module:
-  """Restores parameters saved by `save_params` into `model` (in place) and returns it.
-
-  Raises a ValueError naming every parameter whose shape differs, or that is missing on
-  either side, before anything is loaded.
-  """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'checkpoint {path} does not exist (set --config.checkpoint to a '
-                            'directory written by save_params, or leave it empty for random weights).')
-  checkpointer = ocp.StandardCheckpointer()
-  saved = _flat(checkpointer.metadata(path).item_metadata.tree)
-  state = nnx.state(model, nnx.Param)
-  pure = nnx.to_pure_dict(state)
-  expected = _flat(pure)
+def check_shapes(saved_tree, expected_tree, what: str) -> None:
+  """Raises a ValueError naming every array whose shape differs or that is missing on a side."""
+  saved, expected = _flat(saved_tree), _flat(expected_tree)
   problems = [f'{k}: missing in checkpoint' for k in expected if k not in saved]
   problems += [f'{k}: not in the model' for k in saved if k not in expected]
   problems += [f'{k}: checkpoint {tuple(saved[k].shape)} vs config {tuple(v.shape)}'
-               for k, v in expected.items() if k in saved and tuple(saved[k].shape) != v.shape]
+               for k, v in expected.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
   if problems:
     shown = '\n  '.join(problems[:12]) + ('\n  ...' if len(problems) > 12 else '')
-    raise ValueError(f'checkpoint {path} does not match the model config '
-                     f'({len(problems)} problems); check the model.* fields:\n  {shown}')
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), pure)
-  nnx.replace_by_pure_dict(state, checkpointer.restore(path, abstract))
+    raise ValueError(f'{what} does not match the model config ({len(problems)} problems); '
+                     f'check the model.* fields:\n  {shown}')
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(
+      a, 'sharding', None)), tree)
+
+
+def load_params(path: str, model: nnx.Module) -> nnx.Module:
+  """Restores parameters into `model` (in place) from a `save_params` directory or a training
+  workdir, after checking every shape; returns the model."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'checkpoint {path} does not exist (set --config.checkpoint to a '
+                            'directory written by save_params or a training workdir, or leave '
+                            'it empty for random weights).')
+  state = nnx.state(model, nnx.Param)
+  pure = nnx.to_pure_dict(state)
+  if os.path.isdir(os.path.join(path, TrainCheckpoints.SUBDIR)):
+    params = TrainCheckpoints(path).restore_params(pure)
+  else:
+    checkpointer = ocp.StandardCheckpointer()
+    check_shapes(checkpointer.metadata(path).item_metadata.tree, pure, f'checkpoint {path}')
+    params = checkpointer.restore(path, _abstract(pure))
+  nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   return model
+
+
+class TrainCheckpoints:
+  """The checkpoints of one training workdir: `state` (a pytree) and `meta` (JSON) per step."""
+  SUBDIR = 'checkpoints'
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), self.SUBDIR)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=False),
+        item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                           meta=ocp.JsonCheckpointHandler()))
+
+  def _saved_tree(self, step):
+    return self.manager.item_metadata(step)['state'].tree
+
+  def latest_step(self):
+    return self.manager.latest_step() if os.path.isdir(self.directory) else None
+
+  def save(self, step: int, state, meta: dict) -> None:
+    os.makedirs(self.directory, exist_ok=True)
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, abstract_state, step=None):
+    """(state, meta) of `step` (default latest), laid out as abstract_state's shardings say."""
+    step = self.latest_step() if step is None else step
+    check_shapes(self._saved_tree(step), abstract_state,
+                 f'checkpoint {self.directory} step {step}')
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return out['state'], out['meta']
+
+  def restore_params(self, params_like):
+    """Model parameters of the latest step (EMA if kept), shaped like `params_like`."""
+    step = self.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{self.directory} holds no checkpoint yet.')
+    saved = self._saved_tree(step)
+    key = 'ema' if saved.get('ema') else 'params'
+    check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})')
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))  # as saved: the teacher is read, never re-saved
+    return jax.tree.map(lambda a, like: jax.numpy.asarray(a, like.dtype),
+                        restored['state'][key], params_like)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

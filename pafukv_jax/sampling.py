@@ -234,3 +234,15 @@ class Sampler:
         progress(1)
     self.final_state = state
     return jnp.concatenate(chunks, axis=1)
+
+
+def sample_clip(model, keys, label, frame_cond, num_frames, rc: RolloutConfig):
+  """The bidirectional teacher's sampler: all frames of a clip denoised together (no cache)."""
+  cfg = model.cfg
+  shape = (label.shape[0], num_frames, *cfg.image_size, cfg.channels)
+  frames = jnp.arange(num_frames)
+
+  def velocity(x, t):
+    return model(x, t, frames, label, frame_cond if cfg.frame_cond_dim else None)
+
+  return denoise_chunk(velocity, keys, 0, shape, rc)

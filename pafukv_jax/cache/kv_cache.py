@@ -85,7 +85,10 @@ class CacheSpec:
 
   @classmethod
   def from_config(cls, policy, cache_config, *, num_frames, chunk_frames, tokens_per_frame):
-    """policy: a `Policy`; cache_config: fields budget_frames, sink_frames, recent_frames."""
+    """policy: a `Policy`; cache_config: fields budget_frames, sink_frames, recent_frames
+    (may be None for a policy that keeps everything)."""
+    if not policy.bounded and cache_config is None:
+      return cls(policy.name, num_frames, tokens_per_frame)
     budget = int(cache_config.budget_frames)
     sink = int(cache_config.sink_frames) if policy.uses_sink else 0
     recent = int(cache_config.get('recent_frames', 0))

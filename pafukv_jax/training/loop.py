@@ -1,0 +1,212 @@
+"""The training loop of every stage, in plain phases: check, set up, restore, train, save.
+
+python train.py --config=configs/<stage>.py[:tiny] --workdir=DIR
+A workdir holding checkpoints resumes from its latest step, onto whatever mesh this run has; the
+data at step s is a function of the seed and s, so a resumed run equals an uninterrupted one.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from flax import nnx
+
+from pafukv_jax import checkpoints, data, parallel, sampling, video_io
+from pafukv_jax.models.dit import DiTConfig, init_model
+from pafukv_jax.training import steps
+
+# Fields a resumed run may not change: they define what the checkpoint means.
+FROZEN_FIELDS = ('stage', 'model', 'chunk_frames', 'data.dataset', 'data.num_frames',
+                 'data.image_size')
+
+
+def _get(cfg, dotted):
+  """A field as plain JSON values (tuples and lists compare equal after a round trip)."""
+  for part in dotted.split('.'):
+    cfg = cfg[part]
+  value = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg
+  return json.loads(json.dumps(value))
+
+
+def check_config(cfg, workdir):
+  """Validates cfg and, for a workdir with a saved config, that it means the same run."""
+  if cfg.stage not in steps.STAGES:
+    raise ValueError(f'Unknown stage {cfg.stage!r}; expected one of {steps.STAGES}.')
+  for field in ('total_steps', 'batch_size', 'log_every', 'checkpoint_every'):
+    if cfg[field] < 1:
+      raise ValueError(f'config.{field} must be >= 1, got {cfg[field]}.')
+  if cfg.data.num_frames % cfg.chunk_frames:
+    raise ValueError(f'data.num_frames={cfg.data.num_frames} is not a multiple of '
+                     f'chunk_frames={cfg.chunk_frames}.')
+  DiTConfig.from_config(cfg.model)
+  saved_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(saved_path):
+    with open(saved_path) as f:
+      saved = ml_collections.ConfigDict(json.load(f))
+    diffs = [k for k in FROZEN_FIELDS if _get(saved, k) != _get(cfg, k)]
+    if diffs:
+      raise ValueError(f'{workdir} holds a run with other {", ".join(diffs)}: resume it with its '
+                       f'own config ({saved_path}) or start a new --workdir.')
+
+
+class MetricWriter:
+  """One JSON object per logged step in DIR/metrics.jsonl, and TensorBoard event files."""
+
+  def __init__(self, workdir):
+    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step, metrics):
+    self.jsonl.write(json.dumps(dict(step=step, **metrics)) + '\n')
+    self.jsonl.flush()
+    for k, v in metrics.items():
+      self.tb.add_scalar(k, v, step)
+
+  def close(self):
+    self.jsonl.close()
+    self.tb.close()
+
+
+class _Stop:
+  """SIGTERM asks the loop to save and exit at the end of the current step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM: saving a checkpoint and exiting.')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def build(cfg, mesh):
+  """Model graph, sharded initial train state, its shardings and the optimizer."""
+  model = init_model(DiTConfig.from_config(cfg.model), cfg.seed)
+  if cfg.init_from:
+    checkpoints.load_params(cfg.init_from, model)  # read only: the teacher is never re-saved
+  graphdef, params = nnx.split(model)
+  rules = tuple(tuple(r) for r in cfg.mesh.rules)
+  shardings = nnx.to_pure_dict(parallel.param_shardings(params, mesh, rules))
+  params = jax.device_put(nnx.to_pure_dict(params), shardings)
+  tx = steps.make_optimizer(cfg)
+  state = jax.jit(lambda p: steps.init_state(p, tx, cfg.optimizer.ema_decay))(params)
+  return graphdef, state, jax.tree.map(lambda x: x.sharding, state), tx
+
+
+class Sampler:
+  """Sample videos during training: the teacher's bidirectional sampler, the student's rollout."""
+
+  def __init__(self, cfg, graphdef, batch):
+    self.cfg, self.graphdef = cfg, graphdef
+    n = cfg.sample.num_samples
+    self.label = jnp.asarray(np.asarray(batch['label'])[:n], jnp.int32)
+    cond = batch.get('frame_cond')
+    self.frame_cond = None if cond is None else jnp.asarray(np.asarray(cond)[:n])
+    self.keys = sampling.sample_keys(cfg.seed, np.arange(n))
+    self.rc = sampling.RolloutConfig(num_frames=cfg.data.num_frames, chunk_frames=cfg.chunk_frames,
+                                     timesteps=tuple(cfg.sample.timesteps), shift=cfg.sample.shift)
+    self._clip = jax.jit(lambda params, keys, label, cond: sampling.sample_clip(
+        nnx.merge(graphdef, params), keys, label, cond, cfg.data.num_frames, self.rc))
+    self._rollout = None
+
+  def __call__(self, params, out_dir):
+    params = jax.device_get(params)
+    if self.cfg.stage == 'teacher':
+      videos = self._clip(params, self.keys, self.label, self.frame_cond)
+    else:
+      if self._rollout is None:
+        model = nnx.merge(self.graphdef, params)
+        self._rollout = sampling.Sampler(model, self.rc, 'full')
+      self._rollout.params = params
+      cond = self.frame_cond if self.cfg.model.frame_cond_dim else None
+      videos = self._rollout.generate(self.keys, self.label, None, cond)
+    os.makedirs(out_dir, exist_ok=True)
+    for i, video in enumerate(np.asarray(videos)):
+      video_io.write_gif(os.path.join(out_dir, f'sample_{i:02d}.gif'), video, scale=4)
+
+
+def train(cfg, workdir: str) -> dict:
+  """Runs (or resumes) one stage; returns the metrics of the last logged step."""
+  # -- check: everything that can be wrong is found before any work -----------------------------
+  check_config(cfg, workdir)
+  parallel.maybe_initialize_distributed(cfg.multihost)
+  mesh = parallel.make_mesh(cfg.mesh)
+  with cfg.unlocked():
+    cfg.data.batch_size = cfg.batch_size
+  pipeline = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES)
+  os.makedirs(workdir, exist_ok=True)
+
+  # -- set up, then restore ----------------------------------------------------------------------
+  ckpt = checkpoints.TrainCheckpoints(workdir, cfg.max_to_keep)
+  resume = ckpt.latest_step()
+  if resume is not None and cfg.init_from:
+    with cfg.unlocked():
+      cfg.init_from = ''  # the checkpoint already holds the trained weights
+  graphdef, state, state_shardings, tx = build(cfg, mesh)
+  start = 0
+  if resume is not None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            state)
+    state, meta = ckpt.restore(abstract)
+    start = int(meta['step'])
+    print(f'Resumed {workdir} from step {start}.')
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(workdir, 'config.json')):
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+
+  train_step = jax.jit(steps.make_train_step(graphdef, cfg, tx), donate_argnums=(0,),
+                       out_shardings=(state_shardings, parallel.replicated(mesh)))
+  key = jax.random.key(cfg.seed)
+  writer = MetricWriter(workdir)
+  stop = _Stop()
+  sampler = None
+  last = {}
+  bar = tqdm.tqdm(total=cfg.total_steps, initial=start, desc=cfg.stage, unit='step',
+                  disable=None, dynamic_ncols=True)
+  t_log, n_log = time.perf_counter(), 0
+  try:
+    for step, batch in zip(range(start, cfg.total_steps), pipeline.iterate(start)):
+      state, metrics = train_step(state, batch, key)
+      done, n_log = step + 1, n_log + 1
+      bar.update(1)
+      save = done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop.requested
+      if done % cfg.log_every == 0 or save:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(math.isfinite(v) for v in metrics.values()):
+          raise FloatingPointError(
+              f'Non-finite metrics at step {done}: {metrics}. Stopped without saving; the last '
+              f'good checkpoint (step {ckpt.latest_step()}) is kept. Lower '
+              'optimizer.learning_rate or optimizer.grad_clip, or check the data.')
+        seconds = time.perf_counter() - t_log
+        metrics.update(steps_per_second=n_log / seconds,
+                       examples_per_second=n_log * cfg.batch_size / seconds)
+        writer.write(done, metrics)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        last = dict(step=done, **metrics)
+        t_log, n_log = time.perf_counter(), 0
+      if save:
+        ckpt.save(done, state, dict(step=done))
+      if cfg.sample_every and done % cfg.sample_every == 0:
+        sampler = sampler or Sampler(cfg, graphdef, batch)
+        sampler(state['ema'] if state['ema'] is not None else state['params'],
+                os.path.join(workdir, 'samples', f'step_{done}'))
+      if stop.requested:
+        break
+  finally:
+    bar.close()
+    stop.restore()
+    ckpt.close()
+    writer.close()
+  return last

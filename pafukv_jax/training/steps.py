@@ -1,0 +1,103 @@
+"""Losses of the training stages, the optimizer, and the jitted train step.
+
+teacher: the bidirectional model, one noise level per clip, flow matching on whole clips.
+student: block-causal attention by chunk of F frames; every chunk draws its own noise level and is
+         clean (t = 0) with probability `clean_context_prob`, as the cached rollout's context is,
+         so a parallel forward sees what generation sees. Clean chunks carry no loss.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from pafukv_jax import diffusion
+
+STAGES = ('teacher', 'student')
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, gradients clipped by global norm."""
+  o = cfg.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.learning_rate, max(1, o.warmup_steps), max(o.warmup_steps + 1, cfg.total_steps),
+      end_value=o.learning_rate * o.final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+
+
+def _inputs(batch, key, num_classes, label_dropout):
+  """Clean video, labels (some dropped to the null label for guidance), frame_cond, row weights."""
+  x0 = batch['video']
+  label = batch['label'].astype(jnp.int32)
+  drop = jax.random.bernoulli(key, label_dropout, label.shape)
+  label = jnp.where(drop, num_classes, label)
+  valid = batch.get('valid', jnp.ones(x0.shape[:1], bool)).astype(jnp.float32)
+  return x0, label, batch.get('frame_cond'), valid
+
+
+def teacher_loss(model, batch, key, cfg):
+  k_label, k_t, k_noise = jax.random.split(key, 3)
+  x0, label, frame_cond, valid = _inputs(batch, k_label, model.cfg.num_classes,
+                                         cfg.label_dropout)
+  b, t = x0.shape[:2]
+  level = diffusion.sample_train_time(k_t, (b, 1), cfg.train_shift) * jnp.ones((b, t))
+  noise = jax.random.normal(k_noise, x0.shape)
+  v = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label,
+            _cond(model, frame_cond), mode='bidirectional')
+  return diffusion.flow_matching_loss(v, x0, noise, valid[:, None] * jnp.ones((b, t)))
+
+
+def student_loss(model, batch, key, cfg):
+  k_label, k_t, k_clean, k_noise = jax.random.split(key, 4)
+  x0, label, frame_cond, valid = _inputs(batch, k_label, model.cfg.num_classes,
+                                         cfg.label_dropout)
+  b, t = x0.shape[:2]
+  f = cfg.chunk_frames
+  chunk_level = diffusion.sample_train_time(k_t, (b, t // f), cfg.train_shift)
+  clean = jax.random.bernoulli(k_clean, cfg.clean_context_prob, (b, t // f))
+  clean = clean.at[:, -1].set(False)  # the last chunk is never context: something to learn
+  level = jnp.repeat(jnp.where(clean, 0.0, chunk_level), f, axis=1)
+  noise = jax.random.normal(k_noise, x0.shape)
+  v = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label,
+            _cond(model, frame_cond), mode='block_causal', chunk_frames=f)
+  weights = (level > 0).astype(jnp.float32) * valid[:, None]
+  return diffusion.flow_matching_loss(v, x0, noise, weights)
+
+
+def _cond(model, frame_cond):
+  return frame_cond if model.cfg.frame_cond_dim else None
+
+
+LOSSES = {'teacher': teacher_loss, 'student': student_loss}
+
+
+def init_state(params, tx, ema_decay):
+  return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+              ema=params if ema_decay else None)
+
+
+def make_train_step(graphdef, cfg, tx):
+  """step(state, batch, key) -> (state, metrics); state = dict(step, params, opt_state, ema)."""
+  loss_fn = LOSSES[cfg.stage]
+
+  def step(state, batch, key):
+    key = jax.random.fold_in(key, state['step'])
+
+    def loss_of(params):
+      # with model.dtype='bfloat16' layers compute in bf16; these master weights stay float32
+      model = nnx.merge(graphdef, params)
+      return loss_fn(model, batch, key, cfg)
+
+    loss, grads = jax.value_and_grad(loss_of)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    ema = state['ema']
+    if ema is not None:
+      d = cfg.optimizer.ema_decay
+      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
+    metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params))
+    return dict(step=state['step'] + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+  return step

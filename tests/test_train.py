@@ -1,0 +1,185 @@
+import glob
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from pafukv_jax import data, parallel
+from pafukv_jax.training import loop, steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stage_config(stage, data_dir, **overrides):
+  cfg = importlib.import_module(f'configs.{stage}').get_config('tiny')
+  cfg.data.data_dir = str(data_dir)
+  for k, v in overrides.items():
+    node = cfg
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return cfg
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+def _one_step(cfg, mesh):
+  graphdef, state, shardings, tx = loop.build(cfg, mesh)
+  with cfg.unlocked():
+    cfg.data.batch_size = cfg.batch_size
+  batch = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES).batch(0)
+  step = jax.jit(steps.make_train_step(graphdef, cfg, tx), out_shardings=(shardings, None))
+  state, metrics = step(state, batch, jax.random.key(cfg.seed))
+  return jax.device_get(state['params']), float(metrics['loss']), state
+
+
+@pytest.mark.parametrize('stage', ['teacher', 'student'])
+def test_one_step_on_8_devices_equals_one_device(stage, data_dir):
+  cfg = stage_config(stage, data_dir)
+  mesh8 = parallel.make_mesh(ml_collections.ConfigDict(dict(data=4, fsdp=2)))
+  mesh1 = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.devices()[:1])
+  p8, loss8, state8 = _one_step(cfg, mesh8)
+  p1, loss1, _ = _one_step(cfg, mesh1)
+  # parameters really are split over fsdp on the 8-device mesh
+  kernel = state8['params']['blocks']['self_attn']['q']['kernel']
+  assert tuple(kernel.sharding.spec)[:2] == (None, 'fsdp')
+  assert abs(loss8 - loss1) <= 1e-5 * abs(loss1)
+  for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_decreases_on_a_tiny_dataset(tmp_path, data_dir):
+  cfg = stage_config('teacher', data_dir, total_steps=40, checkpoint_every=40, log_every=1,
+                     **{'optimizer.learning_rate': 3e-3, 'optimizer.warmup_steps': 5})
+  loop.train(cfg, str(tmp_path))
+  losses = [json.loads(line)['loss'] for line in open(tmp_path / 'metrics.jsonl')]
+  assert len(losses) == 40
+  first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+  assert last < 0.7 * first, (first, last)
+  assert glob.glob(str(tmp_path / 'tensorboard' / 'events.out.tfevents.*'))
+
+
+def _run_train(workdir, data_dir, *flags):
+  return subprocess.Popen(
+      [sys.executable, 'train.py', '--config=configs/teacher.py:tiny', f'--workdir={workdir}',
+       f'--config.data.data_dir={data_dir}', '--config.total_steps=40',
+       '--config.checkpoint_every=5', '--config.log_every=5', *flags],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _final_params(workdir):
+  cfg = stage_config('teacher', '/unused')
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.devices()[:1])
+  _, state, _, _ = loop.build(cfg, mesh)
+  from pafukv_jax.checkpoints import TrainCheckpoints
+  restored, meta = TrainCheckpoints(str(workdir)).restore(
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  assert meta['step'] == 40
+  return jax.device_get(restored)
+
+
+def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+  # the dataset is prepared once, so that the killed run is killed while training
+  data.open_source(stage_config('teacher', data_dir).data, 'train')
+  killed = _run_train(tmp_path / 'killed', data_dir)
+  deadline = time.time() + 240
+  while not os.path.isdir(tmp_path / 'killed' / 'checkpoints' / '5') and time.time() < deadline:
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)
+  out = killed.communicate()[0]
+  assert killed.returncode == -signal.SIGKILL, out[-2000:]
+  lines = open(tmp_path / 'killed' / 'metrics.jsonl').read().splitlines()
+  assert json.loads(lines[-1])['step'] < 40  # it died before the end
+  resumed = _run_train(tmp_path / 'killed', data_dir)
+  out = resumed.communicate(timeout=300)[0]
+  assert resumed.returncode == 0 and 'Resumed' in out, out[-2000:]
+  straight = _run_train(tmp_path / 'straight', data_dir)
+  out = straight.communicate(timeout=300)[0]
+  assert straight.returncode == 0, out[-2000:]
+  a, b = _final_params(tmp_path / 'killed'), _final_params(tmp_path / 'straight')
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_saves_and_exits(tmp_path, data_dir):
+  data.open_source(stage_config('teacher', data_dir).data, 'train')
+  run = _run_train(tmp_path, data_dir, '--config.total_steps=100000', '--config.checkpoint_every=100000')
+  deadline = time.time() + 240
+  while not os.path.exists(tmp_path / 'metrics.jsonl') and time.time() < deadline:
+    time.sleep(0.05)
+  run.send_signal(signal.SIGTERM)
+  out = run.communicate(timeout=120)[0]
+  assert run.returncode == 0, out[-2000:]
+  saved = sorted(int(p) for p in os.listdir(tmp_path / 'checkpoints') if p.isdigit())
+  last_logged = json.loads(open(tmp_path / 'metrics.jsonl').read().splitlines()[-1])['step']
+  assert saved == [last_logged] and 1 <= last_logged < 100000
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+  cfg = stage_config('teacher', data_dir, total_steps=3)
+  loop.train(cfg, str(tmp_path))
+  bad = stage_config('teacher', data_dir, total_steps=6, **{'optimizer.learning_rate': float('nan')})
+  with pytest.raises(FloatingPointError, match='last good checkpoint'):
+    loop.train(bad, str(tmp_path))
+  assert sorted(int(p) for p in os.listdir(tmp_path / 'checkpoints') if p.isdigit()) == [3]
+
+
+def test_resuming_with_another_model_is_refused(tmp_path, data_dir):
+  loop.train(stage_config('teacher', data_dir, total_steps=3), str(tmp_path))
+  with pytest.raises(ValueError, match='holds a run with other model'):
+    loop.train(stage_config('teacher', data_dir, **{'model.dim': 48}), str(tmp_path))
+
+
+def test_student_starts_from_the_teacher_and_generate_reads_a_workdir(tmp_path, data_dir):
+  teacher = tmp_path / 'teacher'
+  loop.train(stage_config('teacher', data_dir, total_steps=3), str(teacher))
+  student = stage_config('student', data_dir, total_steps=3, init_from=str(teacher),
+                         sample_every=3)
+  loop.train(student, str(tmp_path / 'student'))
+  assert len(glob.glob(str(tmp_path / 'student' / 'samples' / 'step_3' / '*.gif'))) == 2
+  # the student's workdir holds its own checkpoints only: the teacher is read, never re-saved
+  assert os.listdir(teacher / 'checkpoints') and sorted(os.listdir(tmp_path / 'student' / 'checkpoints')) == ['3']
+  from configs import generate as generate_config
+  from pafukv_jax import generation
+  gen = generate_config.get_config('tiny')
+  gen.model = student.model
+  gen.num_frames, gen.sampling.timesteps = 4, (1000, 500)
+  gen.checkpoint = str(tmp_path / 'student')
+  cond = np.zeros((2, 4, 2), np.float32)
+  np.savez(tmp_path / 'cond.npz', frame_cond=cond)
+  gen.context = str(tmp_path / 'cond.npz')
+  metrics = generation.generate(gen, str(tmp_path / 'gen'))
+  assert metrics['checkpoint'] == str(tmp_path / 'student')
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '*.py'))))
+def test_every_config_loads_builds_and_runs_at_tiny_size(path, tmp_path, data_dir):
+  name = os.path.basename(path)[:-3]
+  if name in ('__init__', 'common'):
+    return
+  cfg = importlib.import_module(f'configs.{name}').get_config('tiny')
+  if 'stage' in cfg:
+    cfg.data.data_dir = str(data_dir)
+    cfg.total_steps = 1
+    assert loop.train(cfg, str(tmp_path))['step'] == 1
+  elif name == 'generate':
+    from pafukv_jax import generation
+    cfg.num_frames, cfg.sampling.timesteps = 2, (1000,)
+    assert generation.generate(cfg, str(tmp_path))['compiles'] == 1
+  elif name == 'data':
+    cfg.data_dir = str(data_dir)
+    assert data.open_source(cfg, 'train')[0]['video'].shape == (8, 16, 16, 3)
+  else:
+    pytest.fail(f'configs/{name}.py is not covered by this test')
