@@ -25,7 +25,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/teacher.py:tiny')
-  if not FLAGS.is_parsed() or FLAGS['verbosity'].using_default_value:
+  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   try:
     last = loop.train(FLAGS.config, FLAGS.workdir)
