@@ -44,6 +44,10 @@ def load_context(cfg, model_cfg: DiTConfig):
   need_cond = model_cfg.frame_cond_dim > 0
   if not cfg.context_frames and not need_cond:
     return None, None
+  if need_cond and not cfg.context and not cfg.context_frames:
+    logging.warning('No config.context with `frame_cond`: generating with a static camera '
+                    '(frame_cond = 0).')
+    return None, np.zeros((1, cfg.num_frames, model_cfg.frame_cond_dim), np.float32)
   if not cfg.context:
     raise ValueError('config.context must name an .npz file with `videos` (and `frame_cond` for '
                      'a model with frame_cond_dim > 0) when context_frames > 0 or frame_cond_dim > 0.')

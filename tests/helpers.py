@@ -19,3 +19,14 @@ def tiny_model(seed=0, **overrides):
 def cache_config(budget_frames=3, sink_frames=1, recent_frames=0):
   return ml_collections.ConfigDict(dict(
       budget_frames=budget_frames, sink_frames=sink_frames, recent_frames=recent_frames))
+
+
+def override(cfg, **dotted):
+  """Sets fields by dotted name: override(cfg, **{'cache.sink_frames': 1})."""
+  for key, value in dotted.items():
+    node = cfg
+    *path, last = key.split('.')
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return cfg

@@ -10,6 +10,7 @@ from PIL import Image
 from configs import generate as generate_config
 from pafukv_jax import checkpoints, generation
 from pafukv_jax.models.dit import DiTConfig, init_model
+from tests.helpers import override
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,13 +19,7 @@ def tiny_config(**overrides):
   cfg = generate_config.get_config('tiny')
   cfg.num_frames = 4
   cfg.sampling.timesteps = (1000, 500)
-  for k, v in overrides.items():
-    node = cfg
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return cfg
+  return override(cfg, **overrides)
 
 
 def test_outputs_and_metrics(tmp_path):
@@ -120,3 +115,13 @@ def test_command_line(tmp_path):
   bad = run(f'--workdir={tmp_path}/bad', '--config.policy=lru')
   assert bad.returncode != 0 and "Unknown policy 'lru'" in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def test_frame_conditioned_model_defaults_to_a_static_camera(tmp_path):
+  metrics = generation.generate(tiny_config(**{'model.frame_cond_dim': 2}), str(tmp_path / 'a'))
+  assert metrics['compiles'] == 1
+  np.savez(tmp_path / 'cond.npz', frame_cond=np.zeros((1, 4, 2), np.float32))
+  generation.generate(tiny_config(**{'model.frame_cond_dim': 2}, context=str(tmp_path / 'cond.npz')),
+                      str(tmp_path / 'b'))
+  load = lambda d: np.load(tmp_path / d / 'samples.npz')['videos']
+  np.testing.assert_array_equal(load('a'), load('b'))

@@ -14,6 +14,7 @@ import pytest
 
 from pafukv_jax import data, parallel
 from pafukv_jax.training import loop, steps
+from tests.helpers import override
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,13 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def stage_config(stage, data_dir, **overrides):
   cfg = importlib.import_module(f'configs.{stage}').get_config('tiny')
   cfg.data.data_dir = str(data_dir)
-  for k, v in overrides.items():
-    node = cfg
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return cfg
+  return override(cfg, **overrides)
 
 
 @pytest.fixture(scope='module')
