@@ -178,3 +178,13 @@ def test_every_config_loads_builds_and_runs_at_tiny_size(path, tmp_path, data_di
     assert data.open_source(cfg, 'train')[0]['video'].shape == (8, 16, 16, 3)
   else:
     pytest.fail(f'configs/{name}.py is not covered by this test')
+
+
+def test_bf16_compute_keeps_float32_master_weights(data_dir):
+  cfg = stage_config('student', data_dir, **{'model.dtype': 'bfloat16'})
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.devices()[:1])
+  params, loss, _ = _one_step(cfg, mesh)
+  assert np.isfinite(loss)
+  assert {str(p.dtype) for p in jax.tree.leaves(params)} == {'float32'}
+  _, loss32, _ = _one_step(stage_config('student', data_dir), mesh)
+  assert abs(loss - loss32) < 0.05 * abs(loss32) and loss != loss32  # bf16 really ran
