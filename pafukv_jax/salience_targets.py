@@ -1,0 +1,72 @@
+"""Salience targets (SSE) from the bidirectional teacher's attention.
+
+The teacher sees the whole clip, so its attention says which tokens are used by queries of
+earlier chunks, of their own chunk, and of later chunks (the future, unknown while generating).
+For a key token j and each region x of queries (by chunk, relative to j's chunk):
+    s_x[b, j] = mean over heads of max over queries i in region x of P[b, h, i, j]
+An empty region (no earlier chunk for the first, no later chunk for the last) scores 0.
+Self-attention favours its own chunk, so the target normalises each region over the clip's tokens
+and mixes them with config weights, the diagonal down-weighted by default.
+
+The attention is computed blockwise over query chunks: memory grows with N x chunk, never N x N.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+REGIONS = ('earlier', 'same', 'later')  # query chunk before / equal to / after the key's chunk
+NORMALIZATIONS = ('max', 'sum', 'none')
+
+
+def region_salience_from_probs(probs, block_tokens: int):
+  """Reference on a full attention matrix P [B, H, N, N] (rows: queries): [3, B, N]."""
+  n = probs.shape[-1]
+  block = jnp.arange(n) // block_tokens
+  query_block, key_block = block[:, None], block[None, :]
+  masks = (query_block < key_block, query_block == key_block, query_block > key_block)
+  out = [jnp.max(jnp.where(m, probs, 0.0), axis=2).mean(axis=1) for m in masks]
+  return jnp.stack(out)
+
+
+def region_salience(q, k, block_tokens: int):
+  """The same from queries and keys q, k [B, H, N, D] of one layer, one query chunk at a time."""
+  b, h, n, d = q.shape
+  if n % block_tokens:
+    raise ValueError(f'{n} tokens are not a whole number of chunks of {block_tokens} tokens.')
+  key_block = jnp.arange(n) // block_tokens
+
+  def body(qb, maxes):
+    rows = jax.lax.dynamic_slice_in_dim(q, qb * block_tokens, block_tokens, axis=2)
+    logits = jnp.einsum('bhqd,bhkd->bhqk', rows, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits / math.sqrt(d), axis=-1)
+    col_max = jnp.max(probs, axis=2)  # [B, H, N]: the most any query of this chunk gives j
+    region = jnp.where(qb < key_block, 0, jnp.where(qb == key_block, 1, 2))  # [N]
+    hit = region[None, None, None, :] == jnp.arange(3)[:, None, None, None]
+    return jnp.where(hit, jnp.maximum(maxes, col_max[None]), maxes)
+
+  maxes = jax.lax.fori_loop(0, n // block_tokens, body, jnp.zeros((3, b, h, n), jnp.float32))
+  return maxes.mean(axis=2)
+
+
+def normalize_regions(regions, how: str = 'max', eps: float = 1e-8):
+  """Puts the regions [..., 3, B, N] on one scale over each clip's tokens."""
+  if how == 'max':
+    return regions / (jnp.max(regions, axis=-1, keepdims=True) + eps)
+  if how == 'sum':
+    return regions / (jnp.sum(regions, axis=-1, keepdims=True) + eps)
+  if how == 'none':
+    return regions
+  raise ValueError(f'Unknown salience normalization {how!r}; expected one of {NORMALIZATIONS}.')
+
+
+def sse_targets(regions, weights=(1.0, 0.5, 1.0), normalize: str = 'max', per_layer: bool = False):
+  """Mixes per-layer regions [L, 3, B, N] into targets [B, N] (or [L, B, N] with per_layer).
+
+  weights: of the (earlier, same, later) regions, after each is normalised over the clip."""
+  if len(weights) != 3:
+    raise ValueError(f'salience weights must give (earlier, same, later), got {weights!r}.')
+  mixed = jnp.einsum('lrbn,r->lbn', normalize_regions(regions, normalize),
+                     jnp.asarray(weights, jnp.float32))
+  return mixed if per_layer else mixed.mean(axis=0)

@@ -1,0 +1,50 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pafukv_jax.salience_targets import (region_salience, region_salience_from_probs,
+                                         sse_targets)
+
+
+def test_hand_built_attention():
+  # 4 tokens in 2 chunks of 2; rows are queries. Head 0 and head 1 differ.
+  p0 = np.array([[.7, .1, .1, .1],
+                 [.2, .2, .5, .1],
+                 [.6, .1, .2, .1],
+                 [.1, .3, .1, .5]])
+  p1 = np.array([[.4, .4, .1, .1],
+                 [.1, .1, .1, .7],
+                 [.1, .1, .4, .4],
+                 [.2, .2, .2, .4]])
+  got = np.asarray(region_salience_from_probs(jnp.asarray(np.stack([p0, p1])[None]), 2))[:, 0]
+  mean = lambda a, b: (a + b) / 2
+  # key 0 (chunk 0): same = queries 0-1, later = queries 2-3, earlier = none
+  # key 2 (chunk 1): earlier = queries 0-1, same = queries 2-3, later = none
+  want_earlier = [0, 0, mean(.5, .1), mean(.1, .7)]
+  want_same = [mean(.7, .4), mean(.2, .4), mean(.2, .4), mean(.5, .4)]
+  want_later = [mean(.6, .2), mean(.3, .2), 0, 0]
+  np.testing.assert_allclose(got, [want_earlier, want_same, want_later], atol=1e-7)
+
+
+@pytest.mark.parametrize('block', [1, 3, 4, 12])
+def test_blockwise_equals_the_full_matrix(block):
+  rng = np.random.default_rng(block)
+  q, k = (jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32) for _ in range(2))
+  probs = jax.nn.softmax(jnp.einsum('bhqd,bhkd->bhqk', q, k) / math.sqrt(8), axis=-1)
+  np.testing.assert_allclose(region_salience(q, k, block), region_salience_from_probs(probs, block),
+                             atol=1e-6)
+
+
+def test_targets_normalise_then_mix():
+  regions = jnp.asarray(np.array([[[[1., 2., 4.]], [[10., 10., 20.]], [[0., 3., 1.]]]]))  # [1,3,1,3]
+  got = np.asarray(sse_targets(regions, weights=(1.0, 0.5, 2.0), normalize='max'))
+  want = np.array([1, 2, 4]) / 4 + 0.5 * np.array([10, 10, 20]) / 20 + 2 * np.array([0, 3, 1]) / 3
+  np.testing.assert_allclose(got[0], want, rtol=1e-6)
+  per_layer = sse_targets(jnp.concatenate([regions, 2 * regions]), per_layer=True)
+  assert per_layer.shape == (2, 1, 3)
+  np.testing.assert_allclose(per_layer[0], per_layer[1], rtol=1e-6)  # max-normalised: scale-free
+  with pytest.raises(ValueError, match='normalization'):
+    sse_targets(regions, normalize='zscore')
