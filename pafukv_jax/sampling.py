@@ -128,11 +128,22 @@ class Sampler:
   def _read(self, cache):
     return cache.read(self.model_cfg.cache_block_size)
 
-  def _write(self, model, cache, clean, frames, label, frame_cond, keys):
+  def _receive(self, cache, masses):
+    """Adds the attention the slots received in these passes (mean over layers: one selection
+    shared by all layers) to their carried score."""
+    if not masses:
+      return cache
+    received = jnp.mean(sum(masses), axis=0, keepdims=True)  # [1, B, C]
+    return cache.replace(score=cache.score + received)
+
+  def _write(self, model, cache, clean, frames, label, frame_cond, keys, masses=()):
     """Clean pass at t = 0 over a chunk; its K/V enter the cache through the policy."""
     b, f = clean.shape[:2]
-    _, (k, v) = model(clean, jnp.zeros((b, f)), frames, label, frame_cond, mode='cached',
-                      cache=self._read(cache), return_kv=True)
+    needs = self.policy.needs_attention
+    out = model(clean, jnp.zeros((b, f)), frames, label, frame_cond, mode='cached',
+                cache=self._read(cache), return_kv=True, return_cache_mass=needs)
+    k, v = out[1]
+    cache = self._receive(cache, [*masses, out[2]] if needs else [])
     s = self.model_cfg.tokens_per_frame
     token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
     new_score = jnp.zeros((k.shape[0], b, f * s))  # [L, B, N]
@@ -160,12 +171,18 @@ class Sampler:
     b = label.shape[0]
     shape = (b, f, *self.model_cfg.image_size, self.model_cfg.channels)
     read = self._read(cache)
+    needs, masses = self.policy.needs_attention, []
 
     def velocity(x, t):
-      return model(x, t, frames, label, fc, mode='cached', cache=read)
+      out = model(x, t, frames, label, fc, mode='cached', cache=read, return_cache_mass=needs)
+      if not needs:
+        return out
+      masses.append(out[1])
+      return out[0]
 
     clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
-    cache = self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index))
+    cache = self._write(model, cache, clean, frames, label, fc,
+                        chunk_policy_keys(keys, chunk_index), masses)
     return cache, clean
 
   # -- recompute ------------------------------------------------------------------------------

@@ -103,12 +103,12 @@ class CacheSpec:
       raise ValueError(
           f'cache.budget_frames={budget} is smaller than one chunk ({chunk_frames} frames): the '
           f'chunk being generated could not enter the cache. Use cache.budget_frames >= {chunk_frames}.')
-    protected = sink + max(recent, chunk_frames)
-    if protected > budget:
+    recent = max(recent, chunk_frames)  # the incoming chunk is always admitted
+    if sink + recent > budget:
       raise ValueError(
           f'cache.budget_frames={budget} cannot hold cache.sink_frames={sink} plus the newest '
-          f'{max(recent, chunk_frames)} frames (chunk or cache.recent_frames): raise the budget to '
-          f'>= {protected} frames or lower sink_frames / recent_frames.')
+          f'{recent} frames (chunk or cache.recent_frames): raise the budget to '
+          f'>= {sink + recent} frames or lower sink_frames / recent_frames.')
     return cls(policy.name, budget, tokens_per_frame, sink, recent)
 
 

@@ -1,7 +1,8 @@
 """Cache policies. A policy is a score: the update keeps the highest-scoring tokens.
 
 Each scoring function maps the candidates of one update (cached slots, then incoming tokens) to
-a keep score: fn(frame [L, B, M] int, score [L, B, M] carried score, key) -> [L, B, M].
+a keep score: fn(frame [L, B, M] int, score [L, B, M] carried score, keys [B]) -> [L, B, M].
+The update always admits the incoming chunk and protects sink and recent frames (kv_cache.py).
 Adding a policy means adding one function and one `Policy` line to `POLICIES`.
 `recompute` is not a cache policy: it re-runs the block-causal model over the whole history
 for every chunk and is the reference the cached policies are checked against.
@@ -14,18 +15,33 @@ import jax
 import jax.numpy as jnp
 
 
-def recency(frame, score, key):
+def recency(frame, score, keys):
   """Newer frames first: the sliding window (with sink frames protected by the update)."""
-  del score, key
+  del score, keys
   return frame.astype(jnp.float32)
+
+
+def carried(frame, score, keys):
+  """The score the cache carries with each token (h2o: the attention it has received)."""
+  del frame, keys
+  return score
+
+
+def uniform(frame, score, keys):
+  """A random keep order per sample, shared by the layers: the control."""
+  del score
+  draw = jax.vmap(lambda key: jax.random.uniform(key, frame.shape[2:]))(keys)  # [B, M]
+  return jnp.broadcast_to(draw, frame.shape)
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
   name: str
   score: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-  bounded: bool = True      # False: capacity is the whole video, nothing is ever evicted
-  uses_sink: bool = True    # False: cache.sink_frames is ignored
+  bounded: bool = True            # False: capacity is the whole video, nothing is ever evicted
+  uses_sink: bool = True          # False: cache.sink_frames is ignored
+  needs_attention: bool = False   # True: the rollout adds the attention each slot receives to
+                                  # its carried score (a second pass over the cache)
 
 
 POLICIES = {
@@ -33,6 +49,8 @@ POLICIES = {
         Policy('full', recency, bounded=False, uses_sink=False),
         Policy('window', recency, uses_sink=False),
         Policy('sink_window', recency),
+        Policy('h2o', carried, needs_attention=True),
+        Policy('random', uniform),
     )
 }
 RECOMPUTE = 'recompute'
