@@ -11,7 +11,7 @@ from configs import common
 def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   """arg: a model size from configs/common.py ('tiny' for tests and smoke runs)."""
   c = ml_collections.ConfigDict()
-  c.policy = 'sink_window'      # recompute | full | window | sink_window
+  c.policy = 'sink_window'      # recompute | full | window | sink_window | h2o | random
   c.num_frames = 32             # frames per video, context included
   c.chunk_frames = 1            # frames generated per chunk (as the student was trained)
   c.context_frames = 0          # given frames prefilled into the cache (from `context`)
