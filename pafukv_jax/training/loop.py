@@ -105,7 +105,7 @@ def build(cfg, mesh):
   return graphdef, state, jax.tree.map(lambda x: x.sharding, state), tx
 
 
-class Sampler:
+class SampleWriter:
   """Sample videos during training: the teacher's bidirectional sampler, the student's rollout."""
 
   def __init__(self, cfg, graphdef, batch):
@@ -199,7 +199,7 @@ def train(cfg, workdir: str) -> dict:
       if save:
         ckpt.save(done, state, dict(step=done))
       if cfg.sample_every and done % cfg.sample_every == 0:
-        sampler = sampler or Sampler(cfg, graphdef, batch)
+        sampler = sampler or SampleWriter(cfg, graphdef, batch)
         sampler(state['ema'] if state['ema'] is not None else state['params'],
                 os.path.join(workdir, 'samples', f'step_{done}'))
       if stop.requested:
