@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pafukv_jax import diffusion
+
 REGIONS = ('earlier', 'same', 'later')  # query chunk before / equal to / after the key's chunk
 NORMALIZATIONS = ('max', 'sum', 'none')
 
@@ -70,3 +72,16 @@ def sse_targets(regions, weights=(1.0, 0.5, 1.0), normalize: str = 'max', per_la
   mixed = jnp.einsum('lrbn,r->lbn', normalize_regions(regions, normalize),
                      jnp.asarray(weights, jnp.float32))
   return mixed if per_layer else mixed.mean(axis=0)
+
+
+def teacher_regions(model, video, label, frame_cond=None, *, block_tokens: int,
+                    noise_level: float = 0.0, key=None):
+  """Per-layer regions [L, 3, B, N] from the bidirectional teacher on whole clips
+  video [B, T, H, W, C]: clean, or noised to `noise_level` with noise from `key`."""
+  b, t = video.shape[:2]
+  level = jnp.full((b, t), noise_level, jnp.float32)
+  if noise_level:
+    video = diffusion.add_noise(video, jax.random.normal(key, video.shape), level)
+  _, (q, k) = model(video, level, jnp.arange(t), label, frame_cond, mode='bidirectional',
+                    return_qk=True)
+  return jax.vmap(lambda q, k: region_salience(q, k, block_tokens))(q, k)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pafukv_jax import salience_targets
 from pafukv_jax.salience_targets import (region_salience, region_salience_from_probs,
                                          sse_targets)
 
@@ -48,3 +49,21 @@ def test_targets_normalise_then_mix():
   np.testing.assert_allclose(per_layer[0], per_layer[1], rtol=1e-6)  # max-normalised: scale-free
   with pytest.raises(ValueError, match='normalization'):
     sse_targets(regions, normalize='zscore')
+
+
+def test_teacher_regions_per_layer():
+  from tests.helpers import tiny_model
+  model = tiny_model()
+  video = jax.random.uniform(jax.random.key(0), (2, 4, 16, 16, 3), minval=-1)
+  label = jnp.array([1, 2])
+  got = salience_targets.teacher_regions(model, video, label, block_tokens=32)  # chunks of 2 frames
+  _, (q, k) = model(video, jnp.zeros((2, 4)), jnp.arange(4), label, return_qk=True)
+  _, (k2, _) = model(video, jnp.zeros((2, 4)), jnp.arange(4), label, return_kv=True)
+  np.testing.assert_array_equal(k, k2)  # the keys the cache would store
+  assert got.shape == (2, 3, 2, 64)
+  for layer in range(2):
+    probs = jax.nn.softmax(jnp.einsum('bhqd,bhkd->bhqk', q[layer], k[layer]) / math.sqrt(16), -1)
+    np.testing.assert_allclose(got[layer], region_salience_from_probs(probs, 32), atol=1e-6)
+  noisy = salience_targets.teacher_regions(model, video, label, block_tokens=32, noise_level=0.3,
+                                           key=jax.random.key(1))
+  assert float(jnp.max(jnp.abs(noisy - got))) > 1e-4

@@ -194,18 +194,21 @@ class SelfAttention(_Attention):
     return q, k, self._heads(self.v(x))
 
   def __call__(self, x, angles, mask=None, cache=None, layer=None, with_mass=False):
-    """Returns (output [B, N, dim], (k, v) of these tokens as the cache stores them, and the
-    attention mass [B, C] each cache slot received if `with_mass`, else None).
+    """Returns (output [B, N, dim], internals): internals holds q, k, v [B, H, N, Dh] of these
+    tokens (k rotated, as the cache stores it) and, with `with_mass`, `mass` [B, C], the attention
+    each cache slot received.
 
     cache: None, or a CacheRead whose slots of `layer` are attended to as well.
     """
     q, k, v = self.qkv(x, angles)
-    mass = None
+    internals = dict(q=q, k=k, v=v)
     if cache is None:
       out = attention(q, k, v, mask, self.impl)
     else:
       out, mass = cached_attention(q, k, v, cache, layer, self.impl, with_mass)
-    return self._out(out), (k, v), mass
+      if with_mass:
+        internals['mass'] = mass
+    return self._out(out), internals
 
 
 class CrossAttention(_Attention):

@@ -143,18 +143,18 @@ class DiTBlock(nnx.Module):
   def __call__(self, x, e, context, angles, mask=None, cache=None, layer=None, with_mass=False):
     """x [B, T, S, dim]; e [B, T, 6, dim] per-frame modulation.
 
-    Returns (x, (k, v) of these tokens, attention mass per cache slot or None)."""
+    Returns (x, the self-attention's internals: q, k, v and, with_mass, the cache mass)."""
     b, t, s, d = x.shape
     mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]  # [B, T, 6, 1, dim]
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = [mod[:, :, i] for i in range(6)]
     flat = lambda y: y.reshape(b, t * s, d)
     h = self.norm1(x) * (1 + scale_sa) + shift_sa
-    y, kv, mass = self.self_attn(flat(h).astype(x.dtype), angles, mask, cache, layer, with_mass)
+    y, internals = self.self_attn(flat(h).astype(x.dtype), angles, mask, cache, layer, with_mass)
     x = x + (y.reshape(x.shape) * gate_sa).astype(x.dtype)
     x = x + self.cross_attn(flat(self.norm3(x)), context).reshape(x.shape)
     h = self.norm2(x) * (1 + scale_ff) + shift_ff
     x = x + (self.ffn(h.astype(x.dtype)) * gate_ff).astype(x.dtype)
-    return x, kv, mass
+    return x, internals
 
 
 class Head(nnx.Module):
@@ -228,8 +228,10 @@ class VideoDiT(nnx.Module):
     e0 = self.time_projection(jax.nn.silu(e))
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
-  def run_blocks(self, x, e0, context, angles, mask, cache, with_mass):
-    """All blocks; returns (x, (k, v) [L, B, H, N, Dh], cache mass [L, B, C] or None).
+  def run_blocks(self, x, e0, context, angles, mask, cache, keep=()):
+    """All blocks; returns (x, {name: [L, ...]}) with the internals named in `keep` stacked
+    over layers: q, k, v [L, B, H, N, Dh], mass [L, B, C]. Only those are kept, so the layer
+    loop carries nothing it does not return.
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing
     per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
@@ -237,24 +239,22 @@ class VideoDiT(nnx.Module):
 
     def layer(x, layer_state, index):
       block = nnx.merge(graphdef, layer_state)
-      x, kv, mass = block(x, e0, context, angles, mask, cache, index, with_mass)
-      return x, (kv, mass)
+      x, internals = block(x, e0, context, angles, mask, cache, index, 'mass' in keep)
+      return x, {name: internals[name] for name in keep}
 
     if self.cfg.scan_layers:
-      x, (kv, mass) = jax.lax.scan(lambda x, xs: layer(x, *xs), x,
-                                   (state, jnp.arange(self.cfg.num_layers)))
-      return x, kv, mass
+      return jax.lax.scan(lambda x, xs: layer(x, *xs), x, (state, jnp.arange(self.cfg.num_layers)))
     outs = []
     for i in range(self.cfg.num_layers):
       x, out = layer(x, jax.tree.map(lambda a: a[i], state), i)
       outs.append(out)
-    kv, mass = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-    return x, kv, mass
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
   # -- forward --------------------------------------------------------------------------------
 
   def __call__(self, video, t, frame_index, label, frame_cond=None, *, mode='bidirectional',
-               chunk_frames=1, cache=None, return_kv=False, return_cache_mass=False):
+               chunk_frames=1, cache=None, return_kv=False, return_cache_mass=False,
+               return_qk=False):
     """Predicts the flow velocity for `video` [B, T, H, W, C].
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
@@ -265,6 +265,8 @@ class VideoDiT(nnx.Module):
     return_kv: also return the (k, v) [L, B, H, T*S, Dh] of these tokens, as the cache stores them.
     return_cache_mass: also return the attention mass [L, B, C] each cache slot received (summed
       over this chunk's queries, averaged over heads); costs a second pass over the cache.
+    return_qk: also return the self-attention queries and keys (q, k) [L, B, H, T*S, Dh], both
+      rotated (for the teacher's salience targets).
     Returns the velocity [B, T, H, W, C], followed by what was asked for, in this order.
     """
     if mode not in ATTENTION_MODES:
@@ -284,10 +286,18 @@ class VideoDiT(nnx.Module):
     mask = None
     if mode == 'block_causal':
       mask = block_causal_mask(positions[..., 0], chunk_frames)
-    x, kv, mass = self.run_blocks(x, e0, context, angles, mask, cache, return_cache_mass)
+    asked = [(return_kv, ('k', 'v')), (return_cache_mass, ('mass',)), (return_qk, ('q', 'k'))]
+    keep = tuple(sorted({name for flag, names in asked if flag for name in names}))
+    x, internals = self.run_blocks(x, e0, context, angles, mask, cache, keep)
     velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
-    outputs = (velocity,) + ((kv,) if return_kv else ()) + ((mass,) if return_cache_mass else ())
-    return outputs if len(outputs) > 1 else velocity
+    outputs = [velocity]
+    if return_kv:
+      outputs.append((internals['k'], internals['v']))
+    if return_cache_mass:
+      outputs.append(internals['mass'])
+    if return_qk:
+      outputs.append((internals['q'], internals['k']))
+    return tuple(outputs) if len(outputs) > 1 else velocity
 
 
 def init_model(cfg: DiTConfig, seed: int = 0) -> VideoDiT:
