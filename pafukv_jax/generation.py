@@ -101,6 +101,10 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   # Every check comes before any work and before anything in workdir is touched.
   if cfg.policy not in ROLLOUT_POLICIES:
     raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of {list(ROLLOUT_POLICIES)}.')
+  if cfg.policy in ('pafu', 'oracle'):
+    raise ValueError(f'policy={cfg.policy!r} is not wired into generate.py yet: it needs a '
+                     'trained salience head (pafu) or the teacher (oracle); use '
+                     'pafukv_jax.sampling.Sampler(..., head=...) / generate(token_scores=...).')
   if cfg.num_samples < 1 or cfg.batch_size < 1:
     raise ValueError('num_samples and batch_size must be >= 1.')
   rc = rollout_config(cfg)

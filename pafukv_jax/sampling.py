@@ -20,7 +20,8 @@ from flax import nnx
 
 from pafukv_jax import diffusion
 from pafukv_jax.cache import kv_cache
-from pafukv_jax.cache.policies import RECOMPUTE, get_policy
+from pafukv_jax.cache.policies import RECOMPUTE, attention_weight, get_policy
+from pafukv_jax.models.salience import TableScorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,9 @@ def sample_keys(seed: int, sample_ids) -> jax.Array:
 class Sampler:
   """Generates videos with one policy; holds the jitted steps, so reuse it across batches."""
 
-  def __init__(self, model: nnx.Module, rollout: RolloutConfig, policy: str, cache_config=None):
+  def __init__(self, model: nnx.Module, rollout: RolloutConfig, policy: str, cache_config=None,
+               head: nnx.Module | None = None):
+    """head: the salience head that scores incoming tokens, for policy='pafu'."""
     rollout.validate()
     self.rc = rollout
     self.model_cfg = model.cfg
@@ -109,6 +112,14 @@ class Sampler:
       self.spec = kv_cache.CacheSpec.from_config(
           self.policy, cache_config, num_frames=rollout.num_frames,
           chunk_frames=rollout.chunk_frames, tokens_per_frame=model.cfg.tokens_per_frame)
+      self.weight = attention_weight(self.policy, cache_config)
+      self.scorer_graphdef = self.scorer_state = None
+      if self.policy.scorer == 'head':
+        if head is None:
+          raise ValueError(f"policy={policy!r} needs a salience head (set the head checkpoint).")
+        self.scorer_graphdef, self.scorer_state = nnx.split(head)
+      elif self.policy.scorer == 'table':
+        self.scorer_graphdef = nnx.graphdef(TableScorer(jnp.zeros((1, 1))))
       self._step = jax.jit(self._cached_step, donate_argnums=(1,))
       self._prefill = jax.jit(self._prefill_step, donate_argnums=(1,))
     self.chunk_seconds: list[float] = []
@@ -128,25 +139,35 @@ class Sampler:
   def _read(self, cache):
     return cache.read(self.model_cfg.cache_block_size)
 
+  @property
+  def _tracks_attention(self):
+    return self.weight > 0
+
   def _receive(self, cache, masses):
     """Adds the attention the slots received in these passes (mean over layers: one selection
-    shared by all layers) to their carried score."""
+    shared by all layers), times the policy's weight, to their carried score."""
     if not masses:
       return cache
     received = jnp.mean(sum(masses), axis=0, keepdims=True)  # [1, B, C]
-    return cache.replace(score=cache.score + received)
+    return cache.replace(score=cache.score + self.weight * received)
 
-  def _write(self, model, cache, clean, frames, label, frame_cond, keys, masses=()):
+  def _write(self, model, cache, clean, frames, label, frame_cond, keys, scorer_state, masses=()):
     """Clean pass at t = 0 over a chunk; its K/V enter the cache through the policy."""
     b, f = clean.shape[:2]
-    needs = self.policy.needs_attention
+    track, scored = self._tracks_attention, bool(self.policy.scorer)
     out = model(clean, jnp.zeros((b, f)), frames, label, frame_cond, mode='cached',
-                cache=self._read(cache), return_kv=True, return_cache_mass=needs)
+                cache=self._read(cache), return_kv=True, return_cache_mass=track,
+                return_hidden=scored)
     k, v = out[1]
-    cache = self._receive(cache, [*masses, out[2]] if needs else [])
+    cache = self._receive(cache, [*masses, out[2]] if track else [])
     s = self.model_cfg.tokens_per_frame
     token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
-    new_score = jnp.zeros((k.shape[0], b, f * s))  # [L, B, N]
+    incoming = jnp.zeros((b, f * s))
+    if scored:  # pafu / oracle: the head's (or the table's) score of every incoming token
+      token_index = token_frames * s + jnp.tile(jnp.arange(s), f)[None]
+      scorer = nnx.merge(self.scorer_graphdef, scorer_state)
+      incoming = scorer(out[-1], token_index).astype(jnp.float32)
+    new_score = jnp.broadcast_to((1.0 - self.weight) * incoming, (k.shape[0], b, f * s))
     all_frames = jnp.concatenate(
         [cache.frame, jnp.broadcast_to(token_frames, new_score.shape)], axis=-1)
     all_scores = jnp.concatenate([cache.score, new_score], axis=-1)
@@ -155,15 +176,17 @@ class Sampler:
                                  sink_frames=self.spec.sink_frames,
                                  recent_frames=self.spec.recent_frames)
 
-  def _prefill_step(self, params, cache, chunk_index, context, label, frame_cond, keys):
+  def _prefill_step(self, params, cache, chunk_index, context, label, frame_cond, keys,
+                    scorer_state):
     model = nnx.merge(self.graphdef, params)
     f = self.rc.chunk_frames
     frames = chunk_index * f + jnp.arange(f)
     clean = _chunk_slice(context, chunk_index, f)
     fc = _chunk_slice(frame_cond, chunk_index, f)
-    return self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index))
+    return self._write(model, cache, clean, frames, label, fc, chunk_policy_keys(keys, chunk_index),
+                       scorer_state)
 
-  def _cached_step(self, params, cache, chunk_index, label, frame_cond, keys):
+  def _cached_step(self, params, cache, chunk_index, label, frame_cond, keys, scorer_state):
     model = nnx.merge(self.graphdef, params)
     f = self.rc.chunk_frames
     frames = chunk_index * f + jnp.arange(f)
@@ -171,7 +194,7 @@ class Sampler:
     b = label.shape[0]
     shape = (b, f, *self.model_cfg.image_size, self.model_cfg.channels)
     read = self._read(cache)
-    needs, masses = self.policy.needs_attention, []
+    needs, masses = self._tracks_attention, []
 
     def velocity(x, t):
       out = model(x, t, frames, label, fc, mode='cached', cache=read, return_cache_mass=needs)
@@ -182,12 +205,12 @@ class Sampler:
 
     clean = denoise_chunk(velocity, keys, chunk_index, shape, self.rc)
     cache = self._write(model, cache, clean, frames, label, fc,
-                        chunk_policy_keys(keys, chunk_index), masses)
+                        chunk_policy_keys(keys, chunk_index), scorer_state, masses)
     return cache, clean
 
   # -- recompute ------------------------------------------------------------------------------
 
-  def _recompute_step(self, params, video, chunk_index, label, frame_cond, keys):
+  def _recompute_step(self, params, video, chunk_index, label, frame_cond, keys, scorer_state):
     """video [B, T, ...]: frames before chunk n are final; returns it with chunk n filled."""
     model = nnx.merge(self.graphdef, params)
     f, num_frames = self.rc.chunk_frames, self.rc.num_frames
@@ -208,12 +231,14 @@ class Sampler:
 
   # -- driver ---------------------------------------------------------------------------------
 
-  def generate(self, keys, label, context=None, frame_cond=None, progress=None) -> jax.Array:
+  def generate(self, keys, label, context=None, frame_cond=None, progress=None,
+               token_scores=None) -> jax.Array:
     """Returns videos [B, num_frames, H, W, C] (the context frames first, as given).
 
     keys: [B] PRNG keys, one per sample (see `sample_keys`); label [B] int;
     context: [B, context_frames, H, W, C] or None; frame_cond: [B, num_frames, frame_cond_dim]
-    or None; progress: a callable(n) called after each chunk.
+    or None; progress: a callable(n) called after each chunk; token_scores: [B, num_frames *
+    tokens_per_frame] scores of every token, for policy='oracle'.
     Wall time of each generated chunk (blocked until ready) goes to `self.chunk_seconds`.
     """
     rc, cfg = self.rc, self.model_cfg
@@ -230,6 +255,13 @@ class Sampler:
     if (frame_cond is None) != (cfg.frame_cond_dim == 0):
       raise ValueError(f'frame_cond [B, {rc.num_frames}, {cfg.frame_cond_dim}] is required exactly '
                        'when model.frame_cond_dim > 0.')
+    scorer_state = self.scorer_state if self.spec is not None else None
+    if self.policy is not None and self.policy.scorer == 'table':
+      want = (b, rc.num_frames * cfg.tokens_per_frame)
+      if token_scores is None or tuple(token_scores.shape) != want:
+        got = None if token_scores is None else tuple(token_scores.shape)
+        raise ValueError(f'policy={self.policy.name!r} needs token_scores of shape {want}, got {got}.')
+      scorer_state = nnx.state(TableScorer(token_scores))
     first = rc.context_frames // rc.chunk_frames
     self.chunk_seconds = []
     if self.spec is None:
@@ -239,11 +271,13 @@ class Sampler:
     else:
       state = self.init_cache(b)
       for n in range(first):
-        state = self._prefill(self.params, state, jnp.int32(n), context, label, frame_cond, keys)
+        state = self._prefill(self.params, state, jnp.int32(n), context, label, frame_cond, keys,
+                              scorer_state)
     chunks = [context] if rc.context_frames else []
     for n in range(first, rc.num_chunks):
       start = time.perf_counter()
-      state, clean = self._step(self.params, state, jnp.int32(n), label, frame_cond, keys)
+      state, clean = self._step(self.params, state, jnp.int32(n), label, frame_cond, keys,
+                                scorer_state)
       clean.block_until_ready()
       self.chunk_seconds.append(time.perf_counter() - start)
       chunks.append(clean)

@@ -1,6 +1,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
 from pafukv_jax import sampling
 from tests.helpers import cache_config, tiny_model
@@ -63,3 +65,36 @@ def test_h2o_scores_are_the_attention_received():
   # 3 passes (2 denoising + 1 clean) x 16 queries of attention, part of it on the cache
   assert 0 < float(want[0].sum()) < 3 * 16
 
+
+
+def test_pafu_with_the_oracle_scores_as_its_head_reproduces_oracle():
+  from pafukv_jax.models.salience import SalienceHead, TableScorer
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=6, timesteps=(1000, 500))
+  keys, labels = sampling.sample_keys(0, [0, 1]), [1, 2]
+  table = jax.random.normal(jax.random.key(3), (2, 6 * 16))
+  runs = {}
+  for name, policy, kwargs, head in [('oracle', 'oracle', dict(token_scores=table), None),
+                                     ('pafu', 'pafu', {}, TableScorer(table))]:
+    sampler = sampling.Sampler(model, rc, policy, cache_config(3, 1), head=head)
+    runs[name] = (np.asarray(sampler.generate(keys, labels, **kwargs)), sampler.final_state)
+  np.testing.assert_array_equal(runs['pafu'][0], runs['oracle'][0])
+  np.testing.assert_array_equal(runs['pafu'][1].frame, runs['oracle'][1].frame)
+  # static scores: the unprotected slots hold the 16 best-scored tokens of frames 1-4, with their
+  # table scores (sink frame 0 and the newest frame 5 are protected)
+  frames, scores = np.asarray(runs['oracle'][1].frame[0]), np.asarray(runs['oracle'][1].score[0])
+  for b in range(2):
+    unprotected = (frames[b] > 0) & (frames[b] < 5)
+    best = np.sort(np.asarray(table[b, 16:5 * 16]))[-16:]
+    np.testing.assert_allclose(np.sort(scores[b][unprotected]), best, rtol=1e-6)
+  # a learned head runs on the same path, and pafu_mix adds the attention received
+  head = SalienceHead(model.cfg.dim, 8, rngs=nnx.Rngs(0))
+  mix_config = cache_config(3, 1)
+  mix_config.pafu_mix = 0.5
+  mixed = sampling.Sampler(model, rc, 'pafu', mix_config, head=head)
+  assert mixed.weight == 0.5
+  assert np.isfinite(np.asarray(mixed.generate(keys, labels))).all()
+  with pytest.raises(ValueError, match='needs a salience head'):
+    sampling.Sampler(model, rc, 'pafu', cache_config(3, 1))
+  with pytest.raises(ValueError, match='needs token_scores'):
+    sampling.Sampler(model, rc, 'oracle', cache_config(3, 1)).generate(keys, labels)

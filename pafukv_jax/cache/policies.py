@@ -42,6 +42,9 @@ class Policy:
   uses_sink: bool = True          # False: cache.sink_frames is ignored
   needs_attention: bool = False   # True: the rollout adds the attention each slot receives to
                                   # its carried score (a second pass over the cache)
+  scorer: str = ''                # 'head': incoming tokens score by the salience head (pafu);
+                                  # 'table': by given per-token scores (oracle)
+  mixes_attention: bool = False   # pafu: score = (1 - mix) head + mix accumulated attention
 
 
 POLICIES = {
@@ -51,8 +54,22 @@ POLICIES = {
         Policy('sink_window', recency),
         Policy('h2o', carried, needs_attention=True),
         Policy('random', uniform),
+        Policy('pafu', carried, scorer='head', mixes_attention=True),
+        Policy('oracle', carried, scorer='table'),
     )
 }
+
+
+def attention_weight(policy: Policy, cache_config) -> float:
+  """How much of the attention each slot receives is added to its carried score."""
+  if policy.needs_attention:
+    return 1.0
+  if policy.mixes_attention:
+    mix = float(cache_config.get('pafu_mix', 0.0)) if cache_config is not None else 0.0
+    if not 0.0 <= mix <= 1.0:
+      raise ValueError(f'cache.pafu_mix must be in [0, 1], got {mix}.')
+    return mix
+  return 0.0
 RECOMPUTE = 'recompute'
 ROLLOUT_POLICIES = (RECOMPUTE, *POLICIES)
 

@@ -143,7 +143,8 @@ class DiTBlock(nnx.Module):
   def __call__(self, x, e, context, angles, mask=None, cache=None, layer=None, with_mass=False):
     """x [B, T, S, dim]; e [B, T, 6, dim] per-frame modulation.
 
-    Returns (x, the self-attention's internals: q, k, v and, with_mass, the cache mass)."""
+    Returns (x, internals: the self-attention's q, k, v (and, with_mass, the cache mass) and the
+    block's output per token, `hidden` [B, T*S, dim])."""
     b, t, s, d = x.shape
     mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]  # [B, T, 6, 1, dim]
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = [mod[:, :, i] for i in range(6)]
@@ -154,6 +155,7 @@ class DiTBlock(nnx.Module):
     x = x + self.cross_attn(flat(self.norm3(x)), context).reshape(x.shape)
     h = self.norm2(x) * (1 + scale_ff) + shift_ff
     x = x + (self.ffn(h.astype(x.dtype)) * gate_ff).astype(x.dtype)
+    internals['hidden'] = x.reshape(b, t * s, d)  # the block's output, per token
     return x, internals
 
 
@@ -230,8 +232,8 @@ class VideoDiT(nnx.Module):
 
   def run_blocks(self, x, e0, context, angles, mask, cache, keep=()):
     """All blocks; returns (x, {name: [L, ...]}) with the internals named in `keep` stacked
-    over layers: q, k, v [L, B, H, N, Dh], mass [L, B, C]. Only those are kept, so the layer
-    loop carries nothing it does not return.
+    over layers: q, k, v [L, B, H, N, Dh], mass [L, B, C], hidden [L, B, N, dim]. Only those are
+    kept, so the layer loop carries nothing it does not return.
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing
     per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
@@ -254,7 +256,7 @@ class VideoDiT(nnx.Module):
 
   def __call__(self, video, t, frame_index, label, frame_cond=None, *, mode='bidirectional',
                chunk_frames=1, cache=None, return_kv=False, return_cache_mass=False,
-               return_qk=False):
+               return_qk=False, return_hidden=False):
     """Predicts the flow velocity for `video` [B, T, H, W, C].
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
@@ -267,6 +269,8 @@ class VideoDiT(nnx.Module):
       over this chunk's queries, averaged over heads); costs a second pass over the cache.
     return_qk: also return the self-attention queries and keys (q, k) [L, B, H, T*S, Dh], both
       rotated (for the teacher's salience targets).
+    return_hidden: also return every block's output per token [L, B, T*S, dim] (the features of
+      the salience head).
     Returns the velocity [B, T, H, W, C], followed by what was asked for, in this order.
     """
     if mode not in ATTENTION_MODES:
@@ -286,7 +290,8 @@ class VideoDiT(nnx.Module):
     mask = None
     if mode == 'block_causal':
       mask = block_causal_mask(positions[..., 0], chunk_frames)
-    asked = [(return_kv, ('k', 'v')), (return_cache_mass, ('mass',)), (return_qk, ('q', 'k'))]
+    asked = [(return_kv, ('k', 'v')), (return_cache_mass, ('mass',)), (return_qk, ('q', 'k')),
+             (return_hidden, ('hidden',))]
     keep = tuple(sorted({name for flag, names in asked if flag for name in names}))
     x, internals = self.run_blocks(x, e0, context, angles, mask, cache, keep)
     velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
@@ -297,6 +302,8 @@ class VideoDiT(nnx.Module):
       outputs.append(internals['mass'])
     if return_qk:
       outputs.append((internals['q'], internals['k']))
+    if return_hidden:
+      outputs.append(internals['hidden'])
     return tuple(outputs) if len(outputs) > 1 else velocity
 
 
