@@ -1,6 +1,7 @@
 """Seconds per frame and cache bytes of the cached rollout, per policy and video length.
 
   python benchmarks/rollout_speed.py [--frames=16,32,64,128] [--policies=full,window,sink_window]
+  python benchmarks/rollout_speed.py --frames=64 --policies=sink_window,h2o,random,pafu --impls=blockwise
 
 Random weights (speed does not depend on them). Defaults: width 128, 4 layers, 4 heads, 32x32
 frames, patch 4 (64 tokens per frame), batch 4, 1 frame per chunk, 4 denoising steps + 1 clean
@@ -20,11 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from configs import common
 from pafukv_jax import sampling
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
+from pafukv_jax.models.salience import SalienceHead
 
 flags.DEFINE_list('frames', ['16', '32', '64', '128'], 'Video lengths.')
 flags.DEFINE_list('policies', ['full', 'window', 'sink_window'], 'Policies.')
@@ -32,6 +35,7 @@ flags.DEFINE_list('impls', ['blockwise', 'masked'],
                   'model.attention_impl values to compare (masked: every slot, filled or not).')
 flags.DEFINE_integer('block_size', 512, 'model.cache_block_size of the blockwise attention.')
 flags.DEFINE_string('size', 'base', 'Model size from configs/common.py.')
+flags.DEFINE_integer('head_hidden', 64, 'Hidden width of the salience head (policy pafu).')
 flags.DEFINE_integer('batch', 4, 'Videos generated together.')
 flags.DEFINE_integer('budget_frames', 4, 'Cache budget of the bounded policies.')
 flags.DEFINE_integer('sink_frames', 1, 'Sink frames of sink_window.')
@@ -44,7 +48,10 @@ def measure(model, impl, policy, num_frames):
   cache = ml_collections.ConfigDict(dict(budget_frames=FLAGS.budget_frames,
                                          sink_frames=FLAGS.sink_frames, recent_frames=0))
   rc = sampling.RolloutConfig(num_frames=num_frames, chunk_frames=1)
-  sampler = sampling.Sampler(model, rc, policy, cache)
+  head = None
+  if policy == 'pafu':  # a random head: its cost does not depend on its weights
+    head = SalienceHead(model.cfg.dim, FLAGS.head_hidden, rngs=nnx.Rngs(0))
+  sampler = sampling.Sampler(model, rc, policy, cache, head=head)
   keys = sampling.sample_keys(0, np.arange(FLAGS.batch))
   labels = np.arange(FLAGS.batch) % 10
   with CompileCounter('_cached_step') as compiles:

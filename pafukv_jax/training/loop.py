@@ -181,7 +181,8 @@ def train(cfg, workdir: str) -> dict:
       state, metrics = train_step(state, batch, key)
       done, n_log = step + 1, n_log + 1
       bar.update(1)
-      save = done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop.requested
+      stopping = stop.requested  # read once: a SIGTERM after this is handled at the next step
+      save = done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stopping
       if done % cfg.log_every == 0 or save:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(math.isfinite(v) for v in metrics.values()):
@@ -202,7 +203,7 @@ def train(cfg, workdir: str) -> dict:
         sampler = sampler or SampleWriter(cfg, graphdef, batch)
         sampler(state['ema'] if state['ema'] is not None else state['params'],
                 os.path.join(workdir, 'samples', f'step_{done}'))
-      if stop.requested:
+      if stopping:
         break
   finally:
     bar.close()
