@@ -190,3 +190,21 @@ def test_bf16_compute_keeps_float32_master_weights(data_dir):
   assert {str(p.dtype) for p in jax.tree.leaves(params)} == {'float32'}
   _, loss32, _ = _one_step(stage_config('student', data_dir), mesh)
   assert abs(loss - loss32) < 0.05 * abs(loss32) and loss != loss32  # bf16 really ran
+
+
+def test_ema_warms_up_then_averages(data_dir):
+  """After step t the EMA weight of the new parameters is 1 - min(decay, (1+t)/(10+t))."""
+  cfg = stage_config('teacher', data_dir, **{'optimizer.ema_decay': 0.5})
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.devices()[:1])
+  graphdef, state, shardings, tx = loop.build(cfg, mesh)
+  with cfg.unlocked():
+    cfg.data.batch_size = cfg.batch_size
+  batch = data.make_pipeline(cfg.data, 'train', mesh=mesh).batch(0)
+  step = jax.jit(steps.make_train_step(graphdef, cfg, tx))
+  ema = jax.device_get(state['params'])
+  for t in range(3):
+    state, _ = step(state, batch, jax.random.key(0))
+    d = min(0.5, (1 + t) / (10 + t))
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, jax.device_get(state['params']))
+    for a, b in zip(jax.tree.leaves(jax.device_get(state['ema'])), jax.tree.leaves(ema)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

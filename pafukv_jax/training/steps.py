@@ -94,7 +94,9 @@ def make_train_step(graphdef, cfg, tx):
     params = optax.apply_updates(state['params'], updates)
     ema = state['ema']
     if ema is not None:
-      d = cfg.optimizer.ema_decay
+      # warm-up: early on, a 0.999 average would still be mostly the random initialisation
+      t = state['step'].astype(jnp.float32)
+      d = jnp.minimum(cfg.optimizer.ema_decay, (1.0 + t) / (10.0 + t))
       ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(params))
