@@ -26,7 +26,8 @@ def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   c.cache = ml_collections.ConfigDict()
   c.cache.budget_frames = 8     # capacity in frames (tokens = frames x tokens per frame)
   c.cache.sink_frames = 1       # first frames always kept (sink_window; ignored by window/full)
-  c.cache.recent_frames = 0     # newest frames always kept, beside the incoming chunk
+  c.cache.recent_frames = 0     # newest frames always kept (the incoming chunk always is)
+  c.cache.pafu_mix = 0.0        # pafu: weight of the attention received, against the head's score
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.timesteps = (1000, 750, 500, 250)  # of 1000, Self-Forcing's 4 steps
