@@ -8,7 +8,6 @@ cache and chunk. Sizes as the rollout benchmark: 4 layers, batch 4, 4 heads x 32
 frame, one frame per update. Prints a table and writes JSON.
 """
 
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report
 from pafukv_jax.cache import kv_cache
 
 flags.DEFINE_list('capacity_frames', ['4', '32', '128'], 'Cache capacities in frames.')
@@ -83,10 +83,7 @@ def main(argv):
     assert same, 'the two updates kept different tokens'
     rows.append(dict(capacity_tokens=frames * S, slot_write_ms=slot_ms, compaction_ms=compact_ms))
     print(f'{frames * S:>8} {slot_ms:>13.3f} {compact_ms:>13.3f} {compact_ms / slot_ms:>6.2f}')
-  os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(dict(device=jax.devices()[0].device_kind, rows=rows), f, indent=1)
-  print(f'wrote {FLAGS.out}')
+  report.write_results(FLAGS.out, rows)
 
 
 if __name__ == '__main__':

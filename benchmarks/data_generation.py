@@ -8,9 +8,7 @@ serialisation, ArrayRecord writing; the test split is 1 clip); 'read' is one pas
 through as_data_source. Prints a table and writes JSON.
 """
 
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -19,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 
+from benchmarks import report
 from pafukv_jax.data import procedural, sources
 
 flags.DEFINE_list('datasets', ['occluded_objects', 'photo_pan'], 'Procedural datasets.')
@@ -69,11 +68,7 @@ def main(argv):
     print(f'{r["dataset"]:18} {r["clips"]:6d} {r["generate_s"]:11.2f} {r["prepare_s"]:10.2f} '
           f'{r["read_s"]:7.2f} {r["ms_per_clip_prepare"]:8.2f} {r["disk_mb"]:6.1f} '
           f'{r["revisited_pixel_fraction"]:9.3f}')
-  os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(dict(machine=f'{platform.machine()}, {os.cpu_count()} cores',
-                   python=platform.python_version(), rows=rows), f, indent=1)
-  print(f'wrote {FLAGS.out}')
+  report.write_results(FLAGS.out, rows)
 
 
 if __name__ == '__main__':

@@ -10,19 +10,17 @@ ms/frame is the mean over the generated frames after the first (which includes c
 first16 / last16 the medians over the first and last 16 of them.
 """
 
-import json
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from benchmarks import report
 from configs import common
 from pafukv_jax import sampling
 from pafukv_jax.compile_counter import CompileCounter
@@ -108,12 +106,8 @@ def main(argv):
         if policy == 'full' and other is not None:
           line += f'; full {first} / full {impl} = {r["ms_per_frame"] / other["ms_per_frame"]:.2f}'
       print(line)
-  os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(dict(model=dict(common.model_config(FLAGS.size)), block_size=FLAGS.block_size, device=jax.devices()[0].device_kind,
-                   machine=f'{platform.machine()}, {os.cpu_count()} cores', jax=jax.__version__,
-                   rows=rows), f, indent=1, default=str)
-  print(f'wrote {FLAGS.out}')
+  report.write_results(FLAGS.out, rows, model=dict(common.model_config(FLAGS.size)),
+                       block_size=FLAGS.block_size)
 
 
 if __name__ == '__main__':

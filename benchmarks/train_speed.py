@@ -8,9 +8,7 @@ peak resident set. Prints a table and writes JSON.
 """
 
 import importlib
-import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -23,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from benchmarks import report
 from configs import common
 from pafukv_jax import parallel
 from pafukv_jax.training import loop, steps
@@ -88,11 +87,7 @@ def main(argv):
             f'{r["examples_per_second"]:>10.1f} {r["compile_seconds"]:>9.1f} '
             f'{r["peak_memory_mib"]:>9.0f}', flush=True)
   print(f'peak memory: {rows[-1]["peak_memory_kind"]} (cumulative over the rows of this process)')
-  os.makedirs(os.path.dirname(FLAGS.out) or '.', exist_ok=True)
-  with open(FLAGS.out, 'w') as f:
-    json.dump(dict(device=jax.devices()[0].device_kind, machine=f'{platform.machine()}, '
-                   f'{os.cpu_count()} cores', jax=jax.__version__, rows=rows), f, indent=1)
-  print(f'wrote {FLAGS.out}')
+  report.write_results(FLAGS.out, rows)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ def model_config(size: str = 'base') -> ml_collections.ConfigDict:
 def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
   """The fields every training stage has; arg 'tiny' gives the test / CI size."""
   from configs import data
+  from pafukv_jax import parallel
   tiny = arg == 'tiny'
   c = ml_collections.ConfigDict()
   c.stage = stage
@@ -39,8 +40,7 @@ def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1             # -1: every device not used by fsdp
   c.mesh.fsdp = 1              # parameters and optimizer state sharded over this axis
-  c.mesh.rules = (('embed', 'fsdp'), ('mlp', None), ('heads', None), ('layers', None),
-                  ('vocab', None))
+  c.mesh.rules = parallel.DEFAULT_RULES  # logical axis -> mesh axis
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 3e-4

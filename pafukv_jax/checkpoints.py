@@ -115,9 +115,6 @@ class TrainCheckpoints:
     return jax.tree.map(lambda a, like: jax.numpy.asarray(a, like.dtype),
                         restored['state'][key], params_like)
 
-  def wait(self):
-    self.manager.wait_until_finished()
-
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()

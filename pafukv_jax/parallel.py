@@ -14,6 +14,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')  # FSDP shards the batch too: every device sees its own examples
+# The one rules table: logical axis -> mesh axis (None: replicated). Configs copy it into
+# `mesh.rules`, where a run may override it.
 DEFAULT_RULES = (('embed', 'fsdp'), ('mlp', None), ('heads', None), ('layers', None),
                  ('vocab', None))
 
@@ -65,10 +67,6 @@ def param_shardings(state: nnx.State, mesh, rules=DEFAULT_RULES):
     return NamedSharding(mesh, _fit(logical_to_mesh(logical, rules), np.shape(x), mesh))
 
   return jax.tree.map(one, specs, state, is_leaf=lambda s: isinstance(s, P))
-
-
-def batch_sharding(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh) -> NamedSharding:
