@@ -52,6 +52,25 @@ def region_salience(q, k, block_tokens: int):
   return maxes.mean(axis=2)
 
 
+def attention_received(q, k, block_tokens: int):
+  """Attention mass [B, N] each key token receives under block-causal attention: the sum over
+  the queries that may see it (its own chunk and later ones), mean over heads. What `h2o` would
+  have accumulated for it by the end of the clip with an unbounded cache (clean pass only)."""
+  b, h, n, d = q.shape
+  if n % block_tokens:
+    raise ValueError(f'{n} tokens are not a whole number of chunks of {block_tokens} tokens.')
+  key_block = jnp.arange(n) // block_tokens
+
+  def body(qb, total):
+    rows = jax.lax.dynamic_slice_in_dim(q, qb * block_tokens, block_tokens, axis=2)
+    logits = jnp.einsum('bhqd,bhkd->bhqk', rows, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(key_block <= qb, logits / math.sqrt(d), -jnp.inf)
+    return total + jnp.sum(jax.nn.softmax(logits, axis=-1), axis=2)
+
+  total = jax.lax.fori_loop(0, n // block_tokens, body, jnp.zeros((b, h, n), jnp.float32))
+  return total.mean(axis=1)
+
+
 def normalize_regions(regions, how: str = 'max', eps: float = 1e-8):
   """Puts the regions [..., 3, B, N] on one scale over each clip's tokens."""
   if how == 'max':

@@ -20,7 +20,7 @@ from flax import nnx
 
 from pafukv_jax import diffusion
 from pafukv_jax.cache import kv_cache
-from pafukv_jax.cache.policies import RECOMPUTE, attention_weight, get_policy
+from pafukv_jax.cache.policies import RECOMPUTE, attention_weight, frame_mean, get_policy
 from pafukv_jax.models.salience import TableScorer
 
 
@@ -144,11 +144,14 @@ class Sampler:
     return self.weight > 0
 
   def _receive(self, cache, masses):
-    """Adds the attention the slots received in these passes (mean over layers: one selection
-    shared by all layers), times the policy's weight, to their carried score."""
+    """Adds the attention the slots received in these passes, times the policy's weight, to
+    their carried score: averaged over layers (one selection shared by all layers), or each
+    layer's own with cache.per_layer."""
     if not masses:
       return cache
-    received = jnp.mean(sum(masses), axis=0, keepdims=True)  # [1, B, C]
+    received = sum(masses)  # [L, B, C]
+    if not self.spec.per_layer:
+      received = jnp.mean(received, axis=0, keepdims=True)
     return cache.replace(score=cache.score + self.weight * received)
 
   def _write(self, model, cache, clean, frames, label, frame_cond, keys, scorer_state, masses=()):
@@ -166,12 +169,17 @@ class Sampler:
     if scored:  # pafu / oracle: the head's (or the table's) score of every incoming token
       token_index = token_frames * s + jnp.tile(jnp.arange(s), f)[None]
       scorer = nnx.merge(self.scorer_graphdef, scorer_state)
-      incoming = scorer(out[-1], token_index).astype(jnp.float32)
+      incoming = scorer(out[-1], token_index).astype(jnp.float32)  # [B, N] or per layer [L, B, N]
+      if incoming.ndim == 3 and not self.spec.per_layer:
+        incoming = incoming.mean(axis=0)  # a per-layer head, one shared selection
     new_score = jnp.broadcast_to((1.0 - self.weight) * incoming, (k.shape[0], b, f * s))
     all_frames = jnp.concatenate(
         [cache.frame, jnp.broadcast_to(token_frames, new_score.shape)], axis=-1)
     all_scores = jnp.concatenate([cache.score, new_score], axis=-1)
-    keep = self.policy.score(all_frames, all_scores, keys)
+    score_fn = (self.policy.per_layer_score if self.spec.per_layer else None) or self.policy.score
+    keep = score_fn(all_frames, all_scores, keys)
+    if self.spec.granularity == 'frame':
+      keep = frame_mean(keep, all_frames, self.rc.num_frames)
     return kv_cache.update_cache(cache, k, v, token_frames, new_score, keep,
                                  sink_frames=self.spec.sink_frames,
                                  recent_frames=self.spec.recent_frames)
@@ -238,7 +246,7 @@ class Sampler:
     keys: [B] PRNG keys, one per sample (see `sample_keys`); label [B] int;
     context: [B, context_frames, H, W, C] or None; frame_cond: [B, num_frames, frame_cond_dim]
     or None; progress: a callable(n) called after each chunk; token_scores: [B, num_frames *
-    tokens_per_frame] scores of every token, for policy='oracle'.
+    tokens_per_frame] (or [L, B, ...] per layer) scores of every token, for policy='oracle'.
     Wall time of each generated chunk (blocked until ready) goes to `self.chunk_seconds`.
     """
     rc, cfg = self.rc, self.model_cfg
@@ -258,9 +266,10 @@ class Sampler:
     scorer_state = self.scorer_state if self.spec is not None else None
     if self.policy is not None and self.policy.scorer == 'table':
       want = (b, rc.num_frames * cfg.tokens_per_frame)
-      if token_scores is None or tuple(token_scores.shape) != want:
-        got = None if token_scores is None else tuple(token_scores.shape)
-        raise ValueError(f'policy={self.policy.name!r} needs token_scores of shape {want}, got {got}.')
+      got = None if token_scores is None else tuple(token_scores.shape)
+      if got not in (want, (cfg.num_layers, *want)):
+        raise ValueError(f'policy={self.policy.name!r} needs token_scores of shape {want} (or '
+                         f'{(cfg.num_layers, *want)}, one row per layer), got {got}.')
       scorer_state = nnx.state(TableScorer(token_scores))
     first = rc.context_frames // rc.chunk_frames
     self.chunk_seconds = []

@@ -98,3 +98,54 @@ def test_pafu_with_the_oracle_scores_as_its_head_reproduces_oracle():
     sampling.Sampler(model, rc, 'pafu', cache_config(3, 1))
   with pytest.raises(ValueError, match='needs token_scores'):
     sampling.Sampler(model, rc, 'oracle', cache_config(3, 1)).generate(keys, labels)
+
+
+def _oracle_cache(table, **options):
+  model = tiny_model()
+  rc = sampling.RolloutConfig(num_frames=6, timesteps=(1000,))
+  cfg = cache_config(3, 1)
+  cfg.update(options)
+  sampler = sampling.Sampler(model, rc, 'oracle', cfg)
+  sampler.generate(sampling.sample_keys(0, [0, 1]), [1, 2], token_scores=table)
+  state = sampler.final_state
+  return np.asarray(state.frame), np.asarray(state.score)
+
+
+def test_frame_granularity_keeps_whole_frames_with_the_best_mean_score():
+  s = 16  # tokens per frame of the tiny model
+  table = np.asarray(jax.random.normal(jax.random.key(5), (2, 6 * s)))
+  frames, _ = _oracle_cache(table, granularity='frame')
+  for b in range(2):
+    kept = sorted(set(frames[0, b].tolist()))
+    # naive reference: sink frame 0 and the newest frame 5 stay; of frames 1-4, the one with the
+    # best mean score survives the successive evictions only if it beat each frame it met, so
+    # replay the rollout frame by frame on mean scores
+    means = table[b].reshape(6, s).mean(axis=1)
+    cached = [0]
+    for new in range(1, 6):
+      cached.append(new)
+      if len(cached) > 3:  # capacity 3 frames: evict the lowest mean among frames 1..new-1
+        cached.remove(min((f for f in cached if 0 < f < new), key=lambda f: means[f]))
+    assert kept == sorted(cached)
+    for layer in range(frames.shape[0]):  # whole frames: every kept frame has all its tokens
+      counts = np.bincount(frames[layer, b][frames[layer, b] >= 0])
+      assert set(counts[counts > 0].tolist()) == {s}
+  # token granularity with the same scores splits frames: some frame keeps only part of its tokens
+  token_frames, _ = _oracle_cache(table)
+  counts = [np.bincount(row[row >= 0]) for row in token_frames[0]]
+  assert any(((c > 0) & (c < s)).any() for c in counts)
+
+
+def test_per_layer_selection_keeps_each_layers_own_top_tokens():
+  s, num_layers = 16, tiny_model().cfg.num_layers
+  table = np.asarray(jax.random.normal(jax.random.key(6), (num_layers, 2, 6 * s)))
+  frames, scores = _oracle_cache(table, per_layer=True)
+  for layer in range(num_layers):
+    for b in range(2):
+      unprotected = (frames[layer, b] > 0) & (frames[layer, b] < 5)
+      best = np.sort(table[layer, b, s:5 * s])[-s:]  # static scores: the 16 best of frames 1-4
+      np.testing.assert_allclose(np.sort(scores[layer, b][unprotected]), best, rtol=1e-6)
+  assert not np.array_equal(frames[0], frames[1])
+  # without per_layer, a per-layer table is averaged into one selection shared by the layers
+  shared, _ = _oracle_cache(table)
+  np.testing.assert_array_equal(shared[0], shared[1])

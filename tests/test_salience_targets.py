@@ -67,3 +67,16 @@ def test_teacher_regions_per_layer():
   noisy = salience_targets.teacher_regions(model, video, label, block_tokens=32, noise_level=0.3,
                                            key=jax.random.key(1))
   assert float(jnp.max(jnp.abs(noisy - got))) > 1e-4
+
+
+@pytest.mark.parametrize('block', [4, 8])
+def test_attention_received_equals_the_block_causal_matrix(block):
+  b, h, n, d = 2, 3, 16, 8
+  q, k = jax.random.normal(jax.random.key(1), (2, b, h, n, d))
+  logits = np.einsum('bhqd,bhkd->bhqk', q, k) / math.sqrt(d)
+  chunk = np.arange(n) // block
+  logits = np.where(chunk[None, :] <= chunk[:, None], logits, -np.inf)  # keys of chunks <= query's
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  np.testing.assert_allclose(salience_targets.attention_received(q, k, block),
+                             probs.sum(axis=2).mean(axis=1), rtol=1e-5, atol=1e-6)

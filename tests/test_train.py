@@ -170,7 +170,12 @@ def test_every_config_loads_builds_and_runs_at_tiny_size(path, tmp_path, data_di
   if 'stage' in cfg:
     cfg.data.data_dir = str(data_dir)
     cfg.total_steps = 1
-    assert loop.train(cfg, str(tmp_path))['step'] == 1
+    if cfg.stage == 'salience':  # reads a teacher and a student: random weights will do
+      from pafukv_jax import checkpoints
+      from pafukv_jax.models.dit import DiTConfig, init_model
+      checkpoints.save_params(str(tmp_path / 'dit'), init_model(DiTConfig.from_config(cfg.model)))
+      cfg.teacher = cfg.student = str(tmp_path / 'dit')
+    assert loop.train(cfg, str(tmp_path / 'run'))['step'] == 1
   elif name == 'generate':
     from pafukv_jax import generation
     cfg.num_frames, cfg.sampling.timesteps = 2, (1000,)

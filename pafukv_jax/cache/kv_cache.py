@@ -70,6 +70,9 @@ def init_cache(num_layers, batch, capacity, num_heads, head_dim, dtype=jnp.float
       frame=jnp.full(meta_shape, -1, jnp.int32), score=jnp.zeros(meta_shape, jnp.float32))
 
 
+GRANULARITIES = ('token', 'frame')
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheSpec:
   """Static description of the cache of one rollout; `from_config` checks the budget."""
@@ -78,6 +81,8 @@ class CacheSpec:
   tokens_per_frame: int
   sink_frames: int = 0
   recent_frames: int = 0
+  granularity: str = 'token'  # 'frame': a frame's tokens share their mean score, kept or evicted together
+  per_layer: bool = False     # True: every layer keeps its own selection (h2o, pafu, oracle, random)
 
   @property
   def capacity(self) -> int:
@@ -89,6 +94,10 @@ class CacheSpec:
     (may be None for a policy that keeps everything)."""
     if not policy.bounded and cache_config is None:
       return cls(policy.name, num_frames, tokens_per_frame)
+    granularity = cache_config.get('granularity', 'token')
+    if granularity not in GRANULARITIES:
+      raise ValueError(f'cache.granularity must be one of {GRANULARITIES}, got {granularity!r}.')
+    options = dict(granularity=granularity, per_layer=bool(cache_config.get('per_layer', False)))
     budget = int(cache_config.budget_frames)
     sink = int(cache_config.sink_frames) if policy.uses_sink else 0
     recent = int(cache_config.get('recent_frames', 0))
@@ -98,7 +107,7 @@ class CacheSpec:
       raise ValueError("policy='sink_window' needs cache.sink_frames >= 1 (use policy='window' "
                        'for a cache without sink frames).')
     if not policy.bounded:
-      return cls(policy.name, num_frames, tokens_per_frame, sink, recent)
+      return cls(policy.name, num_frames, tokens_per_frame, sink, recent, **options)
     if budget < chunk_frames:
       raise ValueError(
           f'cache.budget_frames={budget} is smaller than one chunk ({chunk_frames} frames): the '
@@ -109,7 +118,7 @@ class CacheSpec:
           f'cache.budget_frames={budget} cannot hold cache.sink_frames={sink} plus the newest '
           f'{recent} frames (chunk or cache.recent_frames): raise the budget to '
           f'>= {sink + recent} frames or lower sink_frames / recent_frames.')
-    return cls(policy.name, budget, tokens_per_frame, sink, recent)
+    return cls(policy.name, budget, tokens_per_frame, sink, recent, **options)
 
 
 def _write_slots(k, v, frame, score, k_new, v_new, frame_new, score_new, keep):

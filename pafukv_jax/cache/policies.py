@@ -34,6 +34,27 @@ def uniform(frame, score, keys):
   return jnp.broadcast_to(draw, frame.shape)
 
 
+def uniform_per_layer(frame, score, keys):
+  """The control with one random order per layer."""
+  del score
+  draw = jax.vmap(lambda key: jax.random.uniform(key, (frame.shape[0], *frame.shape[2:])))(keys)
+  return jnp.moveaxis(draw, 0, 1)  # [L, B, M]
+
+
+def frame_mean(keep, frame, num_frames: int):
+  """Frame granularity: every token's keep score becomes the mean over its frame's tokens
+  (keep, frame [L, B, M]; empty slots, frame -1, form their own group), so the update keeps or
+  evicts whole frames."""
+  ids = jnp.where(frame >= 0, frame, num_frames)
+
+  def one_row(k, i):
+    total = jax.ops.segment_sum(k, i, num_segments=num_frames + 1)
+    count = jax.ops.segment_sum(jnp.ones_like(k), i, num_segments=num_frames + 1)
+    return (total / jnp.maximum(count, 1.0))[i]
+
+  return jax.vmap(jax.vmap(one_row))(keep, ids)
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
   name: str
@@ -45,6 +66,7 @@ class Policy:
   scorer: str = ''                # 'head': incoming tokens score by the salience head (pafu);
                                   # 'table': by given per-token scores (oracle)
   mixes_attention: bool = False   # pafu: score = (1 - mix) head + mix accumulated attention
+  per_layer_score: Callable | None = None  # the score with cache.per_layer (default: `score`)
 
 
 POLICIES = {
@@ -53,7 +75,7 @@ POLICIES = {
         Policy('window', recency, uses_sink=False),
         Policy('sink_window', recency),
         Policy('h2o', carried, needs_attention=True),
-        Policy('random', uniform),
+        Policy('random', uniform, per_layer_score=uniform_per_layer),
         Policy('pafu', carried, scorer='head', mixes_attention=True),
         Policy('oracle', carried, scorer='table'),
     )

@@ -5,8 +5,9 @@ output of block `feature_layer`), one score per token. It is distilled from the 
 teacher's salience (salience_targets.py), which saw the future the student cannot. Its cost is
 one LayerNorm and two small matmuls per token: negligible next to a chunk step.
 
-A head is called as head(hidden [L, B, N, dim], token_index [B, N]) -> scores [B, N]; the learned
-head ignores token_index, `TableScorer` (the `oracle` policy's scores) looks it up.
+A head is called as head(hidden [L, B, N, dim], token_index [B, N]) -> scores [B, N], or [L, B, N]
+for a per-layer head (one selection per layer); the learned head ignores token_index,
+`TableScorer` (the `oracle` policy's scores) looks it up.
 """
 
 import jax
@@ -16,28 +17,45 @@ from flax import nnx
 
 class SalienceHead(nnx.Module):
 
-  def __init__(self, dim: int, hidden_dim: int = 64, feature_layer: int = -1, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, hidden_dim: int = 64, feature_layer: int = -1,
+               num_outputs: int = 1, *, rngs: nnx.Rngs):
+    """num_outputs: 1 (one score shared by all layers) or the number of layers (per layer)."""
     self.feature_layer = feature_layer
     self.norm = nnx.LayerNorm(dim, rngs=rngs)
     self.fc1 = nnx.Linear(dim, hidden_dim, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden_dim, 1, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden_dim, num_outputs, rngs=rngs)
 
   def __call__(self, hidden, token_index=None):
     del token_index
     x = self.norm(hidden[self.feature_layer].astype(jnp.float32))
-    return self.fc2(jax.nn.gelu(self.fc1(x)))[..., 0]
+    out = self.fc2(jax.nn.gelu(self.fc1(x)))
+    return out[..., 0] if out.shape[-1] == 1 else jnp.moveaxis(out, -1, 0)
 
   def flops_per_token(self) -> int:
     dim, hid = self.fc1.kernel.shape
-    return 2 * dim * hid + 2 * hid + 8 * dim  # two matmuls, bias, gelu and norm (roughly)
+    out = self.fc2.kernel.shape[1]
+    return 2 * dim * hid + 2 * hid * out + 8 * dim  # two matmuls, gelu and norm (roughly)
+
+
+def init_head(head_cfg, model_cfg, seed: int = 0) -> SalienceHead:
+  """The head that `head_cfg` (configs/salience.py's `head`) describes, on a DiT of `model_cfg`."""
+  num_layers = model_cfg.num_layers
+  if not -num_layers <= head_cfg.feature_layer < num_layers:
+    raise ValueError(f'head.feature_layer={head_cfg.feature_layer} is not a layer of a '
+                     f'{num_layers}-layer model.')
+  return SalienceHead(model_cfg.dim, head_cfg.hidden_dim, head_cfg.feature_layer,
+                      num_layers if head_cfg.per_layer else 1, rngs=nnx.Rngs(seed))
 
 
 class TableScorer(nnx.Module):
-  """Scores looked up by absolute token index from a table [B, T*S] (the oracle's)."""
+  """Scores looked up by absolute token index from a table [B, T*S], or [L, B, T*S] with one row
+  per layer (the oracle's)."""
 
   def __init__(self, table):
     self.table = nnx.Variable(jnp.asarray(table, jnp.float32))
 
   def __call__(self, hidden, token_index):
     del hidden
-    return jnp.take_along_axis(self.table[...], token_index, axis=1)
+    table = self.table[...]
+    index = jnp.broadcast_to(token_index, (*table.shape[:-1], token_index.shape[-1]))
+    return jnp.take_along_axis(table, index, axis=-1)

@@ -21,7 +21,8 @@ from flax import nnx
 
 from pafukv_jax import checkpoints, data, parallel, sampling, video_io
 from pafukv_jax.models.dit import DiTConfig, init_model
-from pafukv_jax.training import steps
+from pafukv_jax.models.salience import init_head
+from pafukv_jax.training import salience, steps
 
 # Fields a resumed run may not change: they define what the checkpoint means.
 FROZEN_FIELDS = ('stage', 'model', 'chunk_frames', 'data.dataset', 'data.num_frames',
@@ -47,6 +48,8 @@ def check_config(cfg, workdir):
     raise ValueError(f'data.num_frames={cfg.data.num_frames} is not a multiple of '
                      f'chunk_frames={cfg.chunk_frames}.')
   DiTConfig.from_config(cfg.model)
+  if cfg.stage == 'salience':
+    salience.check_config(cfg)
   saved_path = os.path.join(workdir, 'config.json')
   if os.path.exists(saved_path):
     with open(saved_path) as f:
@@ -92,8 +95,11 @@ class _Stop:
 
 
 def build(cfg, mesh):
-  """Model graph, sharded initial train state, its shardings and the optimizer."""
-  model = init_model(DiTConfig.from_config(cfg.model), cfg.seed)
+  """Trained module's graph, sharded initial train state, its shardings and the optimizer."""
+  if cfg.stage == 'salience':
+    model = init_head(cfg.head, cfg.model, cfg.seed)
+  else:
+    model = init_model(DiTConfig.from_config(cfg.model), cfg.seed)
   if cfg.init_from:
     checkpoints.load_params(cfg.init_from, model)  # read only: the teacher is never re-saved
   graphdef, params = nnx.split(model)
@@ -166,7 +172,10 @@ def train(cfg, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
 
-  train_step = jax.jit(steps.make_train_step(graphdef, cfg, tx), donate_argnums=(0,),
+  frozen = targets_fn = None
+  if cfg.stage == 'salience':  # batches become (student features, teacher targets) in the step
+    frozen, targets_fn = salience.load_frozen(cfg, mesh)
+  train_step = jax.jit(steps.make_train_step(graphdef, cfg, tx, targets_fn), donate_argnums=(0,),
                        out_shardings=(state_shardings, parallel.replicated(mesh)))
   key = jax.random.key(cfg.seed)
   writer = MetricWriter(workdir)
@@ -178,7 +187,7 @@ def train(cfg, workdir: str) -> dict:
   t_log, n_log = time.perf_counter(), 0
   try:
     for step, batch in zip(range(start, cfg.total_steps), pipeline.iterate(start)):
-      state, metrics = train_step(state, batch, key)
+      state, metrics = train_step(state, batch, key, frozen)
       done, n_log = step + 1, n_log + 1
       bar.update(1)
       stopping = stop.requested  # read once: a SIGTERM after this is handled at the next step
@@ -199,7 +208,12 @@ def train(cfg, workdir: str) -> dict:
         t_log, n_log = time.perf_counter(), 0
       if save:
         ckpt.save(done, state, dict(step=done))
-      if cfg.sample_every and done % cfg.sample_every == 0:
+      if targets_fn is not None and (done % cfg.eval_every == 0 or done == cfg.total_steps):
+        jax.block_until_ready(state)  # one multi-device program at a time (CPU collectives)
+        eval_metrics = salience.evaluate(cfg, graphdef, state['params'], frozen, targets_fn, mesh)
+        writer.write(done, eval_metrics)
+        last.update(eval_metrics)
+      if cfg.sample_every and done % cfg.sample_every == 0 and targets_fn is None:
         sampler = sampler or SampleWriter(cfg, graphdef, batch)
         sampler(state['ema'] if state['ema'] is not None else state['params'],
                 os.path.join(workdir, 'samples', f'step_{done}'))

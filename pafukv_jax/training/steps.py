@@ -4,6 +4,8 @@ teacher: the bidirectional model, one noise level per clip, flow matching on who
 student: block-causal attention by chunk of F frames; every chunk draws its own noise level and is
          clean (t = 0) with probability `clean_context_prob`, as the cached rollout's context is,
          so a parallel forward sees what generation sees. Clean chunks carry no loss.
+salience: the Salience Estimation Head on (student features, teacher SSE) batches
+         (training/salience.py); teacher and student are frozen.
 """
 
 import jax
@@ -12,8 +14,9 @@ import optax
 from flax import nnx
 
 from pafukv_jax import diffusion
+from pafukv_jax.training import salience
 
-STAGES = ('teacher', 'student')
+STAGES = ('teacher', 'student', 'salience')
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
@@ -69,7 +72,7 @@ def _cond(model, frame_cond):
   return frame_cond if model.cfg.frame_cond_dim else None
 
 
-LOSSES = {'teacher': teacher_loss, 'student': student_loss}
+LOSSES = {'teacher': teacher_loss, 'student': student_loss, 'salience': salience.distill_loss}
 
 
 def init_state(params, tx, ema_decay):
@@ -77,12 +80,17 @@ def init_state(params, tx, ema_decay):
               ema=params if ema_decay else None)
 
 
-def make_train_step(graphdef, cfg, tx):
-  """step(state, batch, key) -> (state, metrics); state = dict(step, params, opt_state, ema)."""
+def make_train_step(graphdef, cfg, tx, prepare=None):
+  """step(state, batch, key, frozen=None) -> (state, metrics); state = dict(step, params,
+  opt_state, ema). prepare(frozen, batch, key) -> batch, if given, turns the data batch into the
+  loss's inputs with frozen models inside the same program (the salience stage's targets)."""
   loss_fn = LOSSES[cfg.stage]
 
-  def step(state, batch, key):
+  def step(state, batch, key, frozen=None):
     key = jax.random.fold_in(key, state['step'])
+    if prepare is not None:
+      key, prepare_key = jax.random.split(key)
+      batch = prepare(frozen, batch, prepare_key)
 
     def loss_of(params):
       # with model.dtype='bfloat16' layers compute in bf16; these master weights stay float32
