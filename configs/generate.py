@@ -11,7 +11,7 @@ from configs import common
 def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   """arg: a model size from configs/common.py ('tiny' for tests and smoke runs)."""
   c = ml_collections.ConfigDict()
-  c.policy = 'sink_window'      # recompute | full | window | sink_window | h2o | random
+  c.policy = 'sink_window'      # recompute | full | window | sink_window | h2o | random | pafu | oracle
   c.num_frames = 32             # frames per video, context included
   c.chunk_frames = 1            # frames generated per chunk (as the student was trained)
   c.context_frames = 0          # given frames prefilled into the cache (from `context`)
@@ -28,6 +28,19 @@ def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   c.cache.sink_frames = 1       # first frames always kept (sink_window; ignored by window/full)
   c.cache.recent_frames = 0     # newest frames always kept (the incoming chunk always is)
   c.cache.pafu_mix = 0.0        # pafu: weight of the attention received, against the head's score
+  c.cache.granularity = 'token'  # token | frame (a frame's tokens are kept or evicted together)
+  c.cache.per_layer = False     # True: each layer keeps its own tokens (h2o, pafu, oracle, random)
+
+  c.head = ml_collections.ConfigDict()  # pafu's Salience Estimation Head
+  c.head.checkpoint = ''        # a salience-stage workdir (its config.json gives the head's shape)
+  c.head.hidden_dim = 64        # for a params directory without config.json
+  c.head.feature_layer = -1
+  c.head.per_layer = False
+
+  c.oracle = ml_collections.ConfigDict()  # the upper bound: teacher salience on the full rollout
+  c.oracle.teacher = ''         # the bidirectional teacher's workdir
+  c.oracle.weights = (1.0, 0.5, 1.0)  # (earlier, same, later) regions, as configs/salience.py
+  c.oracle.normalize = 'max'
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.timesteps = (1000, 750, 500, 250)  # of 1000, Self-Forcing's 4 steps

@@ -8,15 +8,18 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from flax import nnx
 
-from pafukv_jax import checkpoints, sampling, video_io
+from pafukv_jax import checkpoints, salience_targets, sampling, video_io
 from pafukv_jax.cache.kv_cache import CacheSpec
 from pafukv_jax.cache.policies import RECOMPUTE, ROLLOUT_POLICIES, get_policy
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
+from pafukv_jax.models.salience import init_head
 
 OUTPUTS = ('samples.npz', 'metrics.json', 'videos')
 STEP_NAMES = ('_cached_step', '_prefill_step', '_recompute_step')
@@ -96,15 +99,52 @@ def build_model(cfg):
   return model
 
 
+def build_head(head_cfg, model_cfg):
+  """The trained salience head in head_cfg.checkpoint: a salience-stage workdir (its config.json
+  gives the head's shape) or a params directory (shaped by head_cfg's fields)."""
+  shape = head_cfg
+  saved = os.path.join(head_cfg.checkpoint, 'config.json')
+  if os.path.isfile(saved):
+    with open(saved) as f:
+      shape = ml_collections.ConfigDict(json.load(f).get('head') or head_cfg.to_dict())
+  head = init_head(shape, DiTConfig.from_config(model_cfg))
+  return checkpoints.load_params(head_cfg.checkpoint, head)
+
+
+class OracleScores:
+  """The oracle's token scores for a batch: the `full` rollout with the same noise, then the
+  teacher's salience on it (salience_targets.oracle_scores). Costs a second rollout."""
+
+  def __init__(self, cfg, model, rc):
+    teacher = checkpoints.load_params(cfg.oracle.teacher,
+                                      init_model(DiTConfig.from_config(cfg.model)))
+    self.full = sampling.Sampler(model, rc, 'full')
+    per_layer = bool(cfg.cache.get('per_layer', False))
+    graphdef, self.teacher_params = nnx.split(teacher)
+    self._scores = jax.jit(lambda params, video, label, cond: salience_targets.oracle_scores(
+        nnx.merge(graphdef, params), video, label, cond, chunk_frames=rc.chunk_frames,
+        weights=tuple(cfg.oracle.weights), normalize=cfg.oracle.normalize, per_layer=per_layer))
+
+  def __call__(self, keys, label, context, frame_cond):
+    video = self.full.generate(keys, label, context, frame_cond)
+    return self._scores(self.teacher_params, video, jnp.asarray(label, jnp.int32), frame_cond)
+
+
 def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   """Generates cfg.num_samples videos into workdir; returns the metrics it writes."""
   # Every check comes before any work and before anything in workdir is touched.
   if cfg.policy not in ROLLOUT_POLICIES:
     raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of {list(ROLLOUT_POLICIES)}.')
-  if cfg.policy in ('pafu', 'oracle'):
-    raise ValueError(f'policy={cfg.policy!r} is not wired into generate.py yet: it needs a '
-                     'trained salience head (pafu) or the teacher (oracle); use '
-                     'pafukv_jax.sampling.Sampler(..., head=...) / generate(token_scores=...).')
+  if cfg.policy == 'pafu' and not cfg.head.checkpoint:
+    raise ValueError("policy='pafu' needs --config.head.checkpoint=DIR: a salience stage workdir "
+                     '(train.py --config=configs/salience.py).')
+  if cfg.policy == 'oracle' and not cfg.oracle.teacher:
+    raise ValueError("policy='oracle' needs --config.oracle.teacher=DIR: the bidirectional "
+                     "teacher, whose salience on the `full` rollout it keeps.")
+  for path in (cfg.checkpoint, cfg.head.checkpoint if cfg.policy == 'pafu' else '',
+               cfg.oracle.teacher if cfg.policy == 'oracle' else ''):
+    if path and not os.path.isdir(path):
+      raise FileNotFoundError(f'checkpoint {path} does not exist.')
   if cfg.num_samples < 1 or cfg.batch_size < 1:
     raise ValueError('num_samples and batch_size must be >= 1.')
   rc = rollout_config(cfg)
@@ -116,7 +156,9 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   context, frame_cond = load_context(cfg, model_cfg)
   labels = sample_labels(cfg, model_cfg)
   model = build_model(cfg)
-  sampler = sampling.Sampler(model, rc, cfg.policy, cfg.cache)
+  head = build_head(cfg.head, cfg.model) if cfg.policy == 'pafu' else None
+  sampler = sampling.Sampler(model, rc, cfg.policy, cfg.cache, head=head)
+  oracle = OracleScores(cfg, model, rc) if cfg.policy == 'oracle' else None
 
   batch = min(cfg.batch_size, cfg.num_samples)
   num_batches = -(-cfg.num_samples // batch)
@@ -129,8 +171,10 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
     for i in range(num_batches):
       ids = np.arange(i * batch, (i + 1) * batch) % cfg.num_samples  # pad the last batch
       pick = lambda a: None if a is None else jnp.asarray(a[ids % a.shape[0]])
-      out = sampler.generate(sampling.sample_keys(cfg.seed, ids), labels[ids], pick(context),
-                             pick(frame_cond), progress=bar.update)
+      keys = sampling.sample_keys(cfg.seed, ids)
+      args = (keys, labels[ids], pick(context), pick(frame_cond))
+      scores = oracle(*args) if oracle else None
+      out = sampler.generate(*args, progress=bar.update, token_scores=scores)
       videos.append(np.asarray(out))
       chunk_seconds += sampler.chunk_seconds
     total_seconds = time.perf_counter() - start
@@ -158,6 +202,7 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       chunk_seconds=chunk_seconds,
       device=jax.devices()[0].device_kind,
       checkpoint=cfg.checkpoint or None,
+      head_checkpoint=cfg.head.checkpoint if cfg.policy == 'pafu' else None,
   )
   _write_outputs(workdir, videos, metrics, cfg)
   return metrics

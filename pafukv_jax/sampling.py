@@ -239,6 +239,12 @@ class Sampler:
 
   # -- driver ---------------------------------------------------------------------------------
 
+  def _commit(self, state):
+    """Puts the first step's state where the weights are: the steps' outputs are committed to
+    that device, and a first call with an uncommitted state would compile the step twice."""
+    devices = jax.tree.leaves(self.params)[0].devices()
+    return jax.device_put(state, next(iter(devices))) if len(devices) == 1 else state
+
   def generate(self, keys, label, context=None, frame_cond=None, progress=None,
                token_scores=None) -> jax.Array:
     """Returns videos [B, num_frames, H, W, C] (the context frames first, as given).
@@ -277,8 +283,9 @@ class Sampler:
       state = jnp.zeros((b, rc.num_frames, *frame_shape), jnp.float32)
       if rc.context_frames:
         state = state.at[:, :rc.context_frames].set(context)
+      state = self._commit(state)
     else:
-      state = self.init_cache(b)
+      state = self._commit(self.init_cache(b))
       for n in range(first):
         state = self._prefill(self.params, state, jnp.int32(n), context, label, frame_cond, keys,
                               scorer_state)

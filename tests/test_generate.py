@@ -72,6 +72,10 @@ def test_refuses_a_workdir_with_results_and_keeps_them(tmp_path):
     ({'model.image_size': (18, 18)}, ValueError, 'not divisible by model.patch_size'),
     (dict(checkpoint='/nonexistent/ckpt'), FileNotFoundError, 'does not exist'),
     (dict(context_frames=2), ValueError, 'config.context must name'),
+    (dict(policy='pafu'), ValueError, 'needs --config.head.checkpoint'),
+    (dict(policy='oracle'), ValueError, 'needs --config.oracle.teacher'),
+    ({'policy': 'pafu', 'head.checkpoint': '/nonexistent/head'}, FileNotFoundError, 'does not exist'),
+    ({'cache.granularity': 'patch'}, ValueError, 'cache.granularity'),
 ])
 def test_bad_input_fails_before_any_output(tmp_path, overrides, error, match):
   workdir = tmp_path / 'out'
@@ -125,3 +129,31 @@ def test_frame_conditioned_model_defaults_to_a_static_camera(tmp_path):
                       str(tmp_path / 'b'))
   load = lambda d: np.load(tmp_path / d / 'samples.npz')['videos']
   np.testing.assert_array_equal(load('a'), load('b'))
+
+
+def test_pafu_and_oracle(tmp_path):
+  """pafu reads a head checkpoint; oracle = the teacher's salience on the full rollout."""
+  import jax.numpy as jnp
+  from pafukv_jax import salience_targets, sampling
+  from pafukv_jax.models.salience import init_head
+  cfg = tiny_config(num_frames=5)
+  model_cfg = DiTConfig.from_config(cfg.model)
+  checkpoints.save_params(str(tmp_path / 'head'), init_head(cfg.head, model_cfg, 3))
+  checkpoints.save_params(str(tmp_path / 'teacher'), init_model(model_cfg, 7))
+  metrics = generation.generate(tiny_config(num_frames=5, policy='pafu',
+                                            **{'head.checkpoint': str(tmp_path / 'head')}),
+                                str(tmp_path / 'pafu'))
+  assert metrics['compiles'] == 1 and metrics['head_checkpoint'] == str(tmp_path / 'head')
+  generation.generate(tiny_config(num_frames=5, policy='oracle',
+                                  **{'oracle.teacher': str(tmp_path / 'teacher')}),
+                      str(tmp_path / 'oracle'))
+  # by hand: the full rollout, the teacher's SSE on it, then the oracle rollout with those scores
+  model, teacher = init_model(model_cfg, 0), init_model(model_cfg, 7)
+  rc = generation.rollout_config(cfg)
+  keys, labels = sampling.sample_keys(0, [0, 1]), generation.sample_labels(cfg, model_cfg)[:2]
+  full = sampling.Sampler(model, rc, 'full').generate(keys, labels)
+  scores = salience_targets.oracle_scores(teacher, full, jnp.asarray(labels), chunk_frames=1)
+  want = sampling.Sampler(model, rc, 'oracle', cfg.cache).generate(keys, labels,
+                                                                   token_scores=scores)
+  got = np.load(tmp_path / 'oracle' / 'samples.npz')['videos']
+  np.testing.assert_allclose(got, np.clip(np.asarray(want), -1, 1), atol=1e-5)
