@@ -52,6 +52,11 @@ def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   c.video.scale = 4             # nearest-neighbour upscaling of the written GIFs
 
   c.model = common.model_config(arg)
+  if arg == 'small':  # the demo model in demo/, trained by the README's commands
+    c.model.frame_cond_dim = 2  # the procedural datasets' camera motion
+    c.checkpoint = 'demo/student'
+    c.head.checkpoint = 'demo/head'
+    c.oracle.teacher = 'demo/teacher'
   if arg == 'tiny':
     c.num_frames = 8
     c.num_samples = 2

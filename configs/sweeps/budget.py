@@ -1,0 +1,46 @@
+"""A sweep: every policy x cache budget x seed, continuation of held-out clips.
+
+python evaluate.py --config=configs/sweeps/budget.py[:tiny] --workdir=DIR [--config.seeds=0,1 ...]
+
+Defaults: the demo model shipped in demo/ (student, head and teacher), occluded_objects' test
+split, 16 frames of which 4 are given, budgets of 2, 4 and 8 frames (a quarter of the 16-frame
+full cache is 4). `tiny` runs random tiny weights: the tests' size.
+"""
+
+import ml_collections
+
+from configs import common, data
+from configs import generate as generate_config
+
+DEMO = 'demo'
+
+
+def get_config(arg: str = 'small'):
+  """arg: 'small' (the demo model), 'tiny' (tests), optionally ',photo_pan' for that dataset."""
+  parts = arg.split(',')
+  size = parts[0]
+  c = generate_config.get_config(size)
+  c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle')
+  c.budgets = (2, 4, 8)          # cache.budget_frames of each bounded policy
+  c.seeds = (0,)                 # noise seeds; each runs every policy and budget
+  c.compare_budget = 4           # budget of the per-frame curves and side-by-side videos
+  c.side_by_side = ('ground_truth', 'full', 'window', 'sink_window', 'pafu')
+  c.num_videos = 4               # side-by-side videos written (first clips)
+  c.num_clips = 16               # held-out clips continued
+  c.batch_size = 8
+  c.num_frames = 16
+  c.context_frames = 4           # given frames; the rest is generated and scored
+  c.cache.sink_frames = 1
+  c.data = data.get_config(','.join(['tiny' if size == 'tiny' else 'base', *parts[1:]]))
+  c.data.num_frames = c.num_frames
+  if size == 'tiny':
+    c.num_frames = c.data.num_frames = 8
+    c.context_frames = 2
+    c.budgets = (2, 4)
+    c.compare_budget = 2
+    c.num_clips = 4
+    c.batch_size = 2
+    c.num_videos = 1
+    c.policies = ('full', 'window', 'sink_window', 'h2o', 'random')
+    c.side_by_side = ('ground_truth', 'full', 'window')
+  return c

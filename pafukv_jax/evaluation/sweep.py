@@ -1,0 +1,305 @@
+"""Sweeps: every policy x cache budget x seed on held-out clips, and the quality-memory-speed table.
+
+The task is continuation: the first `context_frames` of each held-out clip are given (prefilled
+into the cache) and the rest is generated. Each run is scored on the generated frames against
+  * the `full` rollout with the same noise: fidelity to the uncapped model (PSNR, SSIM);
+  * the ground truth: PSNR, SSIM, and the memory score, PSNR on the revisited-content mask only
+    (pooled over a clip's masked pixels): does the model bring back what it saw long ago?
+and timed (seconds per generated frame, steady state) with its cache's bytes per sample.
+
+Layout of a sweep's workdir:
+  runs/<policy>_b<budget>_s<seed>.npz / .json   one run: videos, per-clip per-frame metrics
+  results.json, results.csv                     one row per (policy, budget): means over clips
+                                                and seeds
+  plots/*.png                                   quality vs budget, vs s/frame, per-frame curves
+  videos/side_by_side_XX.gif                    ground truth | full | window | ... with labels
+A run already on disk is skipped, so an interrupted sweep resumes where it stopped.
+"""
+
+import csv
+import json
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from pafukv_jax import data, generation, sampling, video_io
+from pafukv_jax.cache.kv_cache import CacheSpec
+from pafukv_jax.cache.policies import POLICIES, ROLLOUT_POLICIES, get_policy
+from pafukv_jax.data.pipeline import uint8_to_float
+from pafukv_jax.evaluation import plots, video_metrics
+from pafukv_jax.models.dit import DiTConfig
+
+GROUND_TRUTH = 'ground_truth'
+METRICS = ('memory_psnr', 'psnr_gt', 'ssim_gt', 'psnr_full', 'ssim_full')
+LABELS = dict(memory_psnr='memory score (PSNR on revisited content, dB)',
+              psnr_gt='PSNR vs ground truth (dB)', ssim_gt='SSIM vs ground truth',
+              psnr_full='PSNR vs full cache (dB)', ssim_full='SSIM vs full cache')
+
+
+def run_name(policy, budget, seed):
+  return f'{policy}_s{seed}' if not get_policy(policy).bounded else f'{policy}_b{budget}_s{seed}'
+
+
+def check_config(cfg):
+  """Every error a sweep could meet, before any work."""
+  unknown = [p for p in cfg.policies if p not in ROLLOUT_POLICIES or p == 'recompute']
+  if unknown:
+    raise ValueError(f'Unknown policies {unknown}; choose from {list(POLICIES)}.')
+  if 'full' not in cfg.policies:
+    raise ValueError("policies must include 'full': it is the reference of the fidelity metrics.")
+  if not 0 < cfg.context_frames < cfg.num_frames:
+    raise ValueError(f'context_frames must be in [1, num_frames={cfg.num_frames}) for a '
+                     f'continuation task, got {cfg.context_frames}.')
+  if cfg.compare_budget not in cfg.budgets:
+    raise ValueError(f'compare_budget={cfg.compare_budget} is not one of budgets={cfg.budgets}.')
+  unknown = [p for p in cfg.side_by_side if p != GROUND_TRUTH and p not in cfg.policies]
+  if unknown:
+    raise ValueError(f'side_by_side names {unknown}, which are not in policies {cfg.policies}.')
+  model_cfg = DiTConfig.from_config(cfg.model)
+  generation.rollout_config(cfg)
+  for policy in cfg.policies:
+    for budget in cfg.budgets:
+      cache = cfg.cache.copy_and_resolve_references()
+      cache.budget_frames = budget
+      CacheSpec.from_config(get_policy(policy), cache, num_frames=cfg.num_frames,
+                            chunk_frames=cfg.chunk_frames,
+                            tokens_per_frame=model_cfg.tokens_per_frame)
+  needs = dict(pafu=('head.checkpoint', cfg.head.checkpoint),
+               oracle=('oracle.teacher', cfg.oracle.teacher))
+  for policy, (field, path) in needs.items():
+    if policy in cfg.policies and not (path and os.path.isdir(path)):
+      raise FileNotFoundError(f"policy {policy!r} needs --config.{field}=DIR (got {path!r}); "
+                              f'or leave {policy!r} out of policies.')
+  if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
+    raise FileNotFoundError(f'checkpoint {cfg.checkpoint} does not exist.')
+  if cfg.data.num_frames != cfg.num_frames or tuple(cfg.data.image_size) != tuple(
+      model_cfg.image_size):
+    raise ValueError(f'data clips ({cfg.data.num_frames} frames of {tuple(cfg.data.image_size)}) '
+                     f'must match num_frames={cfg.num_frames} and the model\'s image size '
+                     f'{tuple(model_cfg.image_size)}.')
+
+
+def load_clips(cfg):
+  """The first num_clips held-out clips: video [N, T, H, W, C] in [-1, 1], label, frame_cond,
+  revisit_mask [N, T, H, W]."""
+  source = data.open_source(cfg.data, 'test')
+  if len(source) < cfg.num_clips:
+    raise ValueError(f'The test split has {len(source)} clips; num_clips={cfg.num_clips}.')
+  rows = [source[i] for i in range(cfg.num_clips)]
+  clips = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+  clips['video'] = uint8_to_float(clips['video'])
+  clips['revisit_mask'] = clips['revisit_mask'].astype(bool)
+  return clips
+
+
+def score_run(videos, full, clips, context_frames):
+  """Per-clip, per-generated-frame metrics [N, T - context] and the pooled memory score [N]."""
+  gen, ref, gt = (np.asarray(v[:, context_frames:]) for v in (videos, full, clips['video']))
+  mask = clips['revisit_mask'][:, context_frames:]
+  per_frame = dict(psnr_gt=video_metrics.psnr(gen, gt), ssim_gt=video_metrics.ssim(gen, gt),
+                   psnr_full=video_metrics.psnr(gen, ref), ssim_full=video_metrics.ssim(gen, ref),
+                   memory_psnr_frame=video_metrics.masked_psnr(gen, gt, mask))
+  out = {k: _finite_or_none(v) for k, v in per_frame.items()}
+  out['memory_psnr'] = _finite_or_none(video_metrics.pooled_masked_psnr(gen, gt, mask))
+  return out
+
+
+def _finite_or_none(x):
+  """Nested lists for JSON: NaN (no revisited pixels) and inf (identical frames) become None."""
+  x = np.asarray(x, np.float64)
+  return np.where(np.isfinite(x), x, None).tolist()
+
+
+class Sweep:
+  """Runs (or resumes) a sweep; `run()` returns the aggregated rows."""
+
+  def __init__(self, cfg, workdir):
+    check_config(cfg)
+    self.cfg, self.workdir = cfg, workdir
+    self.runs_dir = os.path.join(workdir, 'runs')
+    self.rc = generation.rollout_config(cfg)
+    self.model = generation.build_model(cfg)
+    self.clips = load_clips(cfg)
+    self._head = self._oracle = None
+
+  # -- one run --------------------------------------------------------------------------------
+
+  def _sampler(self, policy, budget):
+    cache = self.cfg.cache.copy_and_resolve_references()
+    if budget is not None:  # None: full, whose capacity is the whole video
+      cache.budget_frames = budget
+    if policy == 'pafu' and self._head is None:
+      self._head = generation.build_head(self.cfg.head, self.cfg.model)
+    return sampling.Sampler(self.model, self.rc, policy, cache,
+                            head=self._head if policy == 'pafu' else None)
+
+  def _generate(self, policy, budget, seed):
+    """Videos [N, T, ...], seconds per generated frame, cache bytes per sample."""
+    cfg, clips = self.cfg, self.clips
+    sampler = self._sampler(policy, budget)
+    if policy == 'oracle' and self._oracle is None:
+      self._oracle = generation.OracleScores(cfg, self.model, self.rc)
+    videos, seconds = [], []
+    for start in range(0, cfg.num_clips, cfg.batch_size):
+      ids = np.arange(start, start + cfg.batch_size) % cfg.num_clips  # pad the last batch
+      cond = clips.get('frame_cond') if self.model.cfg.frame_cond_dim else None
+      args = (sampling.sample_keys(seed, ids), clips['label'][ids].astype(np.int32),
+              jnp.asarray(clips['video'][ids, :cfg.context_frames]),
+              None if cond is None else jnp.asarray(cond[ids], jnp.float32))
+      scores = self._oracle(*args) if policy == 'oracle' else None
+      videos.append(np.asarray(sampler.generate(*args, token_scores=scores)))
+      seconds += sampler.chunk_seconds[1:]  # the first chunk of a sampler includes compilation
+    spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
+    videos = np.clip(np.concatenate(videos)[:cfg.num_clips], -1, 1)
+    return videos, spf, sampler.cache_bytes(cfg.batch_size) // cfg.batch_size
+
+  def run_one(self, policy, budget, seed, full_videos):
+    name = run_name(policy, budget, seed)
+    path = os.path.join(self.runs_dir, name)
+    if os.path.exists(path + '.json'):
+      with open(path + '.json') as f:
+        return json.load(f), np.load(path + '.npz')['videos']
+    videos, spf, cache_bytes = self._generate(policy, budget, seed)
+    reference = videos if full_videos is None else full_videos
+    result = dict(policy=policy, budget_frames=budget if get_policy(policy).bounded else None,
+                  seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
+                  cache_bytes_per_sample=int(cache_bytes),
+                  **score_run(videos, reference, self.clips, self.cfg.context_frames))
+    _atomic(path + '.npz', lambda p: np.savez(p, videos=videos))
+    _atomic(path + '.json', lambda p: _dump_json(p, result))
+    return result, videos
+
+  # -- the sweep ------------------------------------------------------------------------------
+
+  def run(self):
+    cfg = self.cfg
+    os.makedirs(self.runs_dir, exist_ok=True)
+    with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+    bounded = [p for p in cfg.policies if get_policy(p).bounded]
+    todo = [(p, b, s) for s in cfg.seeds for p in bounded for b in cfg.budgets]
+    results, compare = [], {}
+    with tqdm.tqdm(total=len(todo) + len(cfg.seeds), desc='sweep', unit='run', disable=None) as bar:
+      for seed in cfg.seeds:
+        full, full_videos = self.run_one('full', None, seed, None)
+        bar.update(1)
+        results.append(full)
+        if seed == cfg.seeds[0]:
+          compare['full'] = full_videos
+        for policy, budget, s in todo:
+          if s != seed:
+            continue
+          bar.set_postfix_str(run_name(policy, budget, seed))
+          result, videos = self.run_one(policy, budget, seed, full_videos)
+          bar.update(1)
+          results.append(result)
+          if seed == cfg.seeds[0] and budget == cfg.compare_budget:
+            compare[policy] = videos
+    rows = aggregate(results)
+    self.write_report(rows, results, compare)
+    return rows
+
+  def write_report(self, rows, results, compare):
+    cfg, workdir = self.cfg, self.workdir
+    _atomic(os.path.join(workdir, 'results.json'), lambda p: _dump_json(p, rows))
+    _atomic(os.path.join(workdir, 'results.csv'), lambda p: _write_csv(p, rows))
+    plot_dir = os.path.join(workdir, 'plots')
+    os.makedirs(plot_dir, exist_ok=True)
+    for metric in ('memory_psnr', 'psnr_full', 'ssim_gt'):
+      series = {r['policy']: ([], []) for r in rows if r['budget_frames'] is not None}
+      for r in rows:
+        if r['budget_frames'] is not None:
+          series[r['policy']][0].append(r['budget_frames'])
+          series[r['policy']][1].append(_nan(r[metric]))
+      plots.line_plot(os.path.join(plot_dir, f'{metric}_vs_budget.png'), series,
+                      'cache budget (frames)', LABELS[metric], f'{LABELS[metric]} vs cache budget')
+    series = {}
+    for r in rows:
+      xs, ys = series.setdefault(r['policy'], ([], []))
+      xs.append(1000 * r['seconds_per_frame'])
+      ys.append(_nan(r['memory_psnr']))
+    plots.line_plot(os.path.join(plot_dir, 'memory_psnr_vs_ms_per_frame.png'), series,
+                    'ms per generated frame', LABELS['memory_psnr'],
+                    'memory score vs speed (one point per budget)')
+    frames = np.arange(cfg.context_frames, cfg.num_frames)
+    for metric in ('psnr_gt', 'psnr_full'):
+      series = {}
+      for r in results:
+        if r['seed'] == cfg.seeds[0] and r['budget_frames'] in (None, cfg.compare_budget):
+          if metric == 'psnr_full' and r['policy'] == 'full':
+            continue
+          per_frame = np.asarray(r[metric], np.float64)
+          series[r['policy']] = (frames, np.nanmean(np.where(np.isinf(per_frame), np.nan,
+                                                             per_frame), axis=0))
+      plots.line_plot(os.path.join(plot_dir, f'{metric}_per_frame.png'), series, 'frame',
+                      LABELS[metric], f'per frame, budget {cfg.compare_budget} frames '
+                      f'(first {cfg.context_frames} given)')
+    video_dir = os.path.join(workdir, 'videos')
+    os.makedirs(video_dir, exist_ok=True)
+    for i in range(min(cfg.num_videos, cfg.num_clips)):
+      panels = {}
+      for name in cfg.side_by_side:
+        video = self.clips['video'][i] if name == GROUND_TRUTH else compare[name][i]
+        label = name if name in (GROUND_TRUTH, 'full') else f'{name} {cfg.compare_budget}f'
+        panels[label] = video
+      frames = video_io.side_by_side(panels, scale=cfg.video.scale)
+      video_io.write_video(os.path.join(video_dir, f'side_by_side_{i:02d}.gif'), frames,
+                           fps=cfg.video.fps)
+
+
+def aggregate(results):
+  """One row per (policy, budget): means over clips and seeds (the pooled memory score's mean
+  skips clips without revisited content)."""
+  groups = {}
+  for r in results:
+    groups.setdefault((r['policy'], r['budget_frames']), []).append(r)
+  rows = []
+  for (policy, budget), runs in groups.items():
+    row = dict(policy=policy, budget_frames=budget, seeds=len(runs))
+    for metric in METRICS:
+      values = np.concatenate([np.ravel(np.asarray(r[metric], np.float64)) for r in runs])
+      values = values[np.isfinite(values)]  # None (stored for NaN / inf) reads back as NaN
+      self_reference = policy == 'full' and metric.endswith('_full')
+      row[metric] = float(np.mean(values)) if values.size and not self_reference else None
+    for key in ('seconds_per_frame', 'frames_per_second', 'cache_bytes_per_sample'):
+      row[key] = float(np.mean([r[key] for r in runs]))
+    rows.append(row)
+  order = {p: i for i, p in enumerate(POLICIES)}
+  return sorted(rows, key=lambda r: (order[r['policy']], r['budget_frames'] or 0))
+
+
+def _nan(x):
+  return float('nan') if x is None else x
+
+
+def _dump_json(path, obj):
+  with open(path, 'w') as f:
+    json.dump(obj, f, indent=1, allow_nan=False, default=_json_default)
+
+
+def _json_default(x):
+  raise TypeError(f'not JSON: {type(x)}')
+
+
+def _write_csv(path, rows):
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _atomic(path, write):
+  """write(tmp) then rename: a sweep killed mid-write leaves no half file that looks done."""
+  directory = os.path.dirname(path)
+  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=os.path.splitext(path)[1], dir=directory)
+  os.close(fd)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

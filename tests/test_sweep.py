@@ -1,0 +1,112 @@
+"""The sweep: its scores against NumPy, its resumption, its report, and its early errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.sweeps import budget as budget_config
+from pafukv_jax.evaluation import sweep
+from tests.helpers import override
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sweep_config(data_dir, **overrides):
+  cfg = budget_config.get_config('tiny')
+  cfg.data.data_dir = str(data_dir)
+  cfg.policies = ('full', 'window', 'h2o')
+  cfg.sampling.timesteps = (1000, 500)
+  cfg.budgets = (2, 8)  # 8 = the whole video: window must then equal full
+  return override(cfg, **overrides)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def done(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp('sweep')
+  rows = sweep.Sweep(sweep_config(data_dir), str(workdir)).run()
+  return workdir, rows
+
+
+def test_scores_match_numpy_on_the_saved_videos(done, data_dir):
+  workdir, rows = done
+  cfg = sweep_config(data_dir)
+  clips = sweep.load_clips(cfg)
+  c = cfg.context_frames
+  full = np.load(workdir / 'runs' / 'full_s0.npz')['videos']
+  window = np.load(workdir / 'runs' / 'window_b2_s0.npz')['videos']
+  np.testing.assert_array_equal(window[:, :c], clips['video'][:, :c])  # the context is given
+  gen, gt, mask = window[:, c:], clips['video'][:, c:], clips['revisit_mask'][:, c:]
+  err = (gen.astype(np.float64) - gt) ** 2
+  # memory score: one MSE over each clip's revisited pixels (all channels), in [0, 1] units
+  pooled = [10 * np.log10(1 / (e[m].mean() / 4)) for e, m in zip(err, mask) if m.any()]
+  psnr_gt = 10 * np.log10(1 / (err.mean(axis=(2, 3, 4)) / 4))
+  row = next(r for r in rows if r['policy'] == 'window' and r['budget_frames'] == 2)
+  assert pooled, 'the tiny clips should contain revisited content'
+  np.testing.assert_allclose(row['memory_psnr'], np.mean(pooled), rtol=1e-4)
+  np.testing.assert_allclose(row['psnr_gt'], np.mean(psnr_gt), rtol=1e-4)
+  # a window as long as the video keeps everything: it is `full`, frame for frame
+  np.testing.assert_allclose(np.load(workdir / 'runs' / 'window_b8_s0.npz')['videos'], full,
+                             atol=1e-5)
+  assert next(r for r in rows if r['policy'] == 'window' and r['budget_frames'] == 8)[
+      'ssim_full'] > 0.999
+
+
+def test_report(done, data_dir):
+  workdir, rows = done
+  with open(workdir / 'results.csv') as f:
+    table = list(csv.DictReader(f))
+  assert [(r['policy'], r['budget_frames']) for r in table] == [
+      ('full', ''), ('window', '2'), ('window', '8'), ('h2o', '2'), ('h2o', '8')]
+  assert json.loads((workdir / 'results.json').read_text()) == rows
+  full = rows[0]
+  assert full['psnr_full'] is None and full['cache_bytes_per_sample'] > rows[1]['cache_bytes_per_sample']
+  for name in ('memory_psnr_vs_budget', 'memory_psnr_vs_ms_per_frame', 'psnr_gt_per_frame'):
+    image = np.asarray(Image.open(workdir / 'plots' / f'{name}.png').convert('L'))
+    assert image.std() > 0
+  gif = Image.open(workdir / 'videos' / 'side_by_side_00.gif')
+  assert gif.n_frames == 8 and gif.size[0] > 3 * 16 * 2  # three labelled panels, upscaled x2
+
+
+def test_resumes_only_the_missing_runs(done, data_dir):
+  workdir, rows = done
+  runs = workdir / 'runs'
+  kept = os.path.getmtime(runs / 'window_b2_s0.npz')
+  os.remove(runs / 'h2o_b2_s0.json')
+  again = sweep.Sweep(sweep_config(data_dir), str(workdir)).run()
+  assert os.path.getmtime(runs / 'window_b2_s0.npz') == kept
+  assert (runs / 'h2o_b2_s0.json').exists()
+  for a, b in zip(again, rows):  # the re-run h2o scores the same; timings may differ
+    assert {k: v for k, v in a.items() if 'second' not in k} == \
+        {k: v for k, v in b.items() if 'second' not in k}
+
+
+@pytest.mark.parametrize('overrides, match', [
+    (dict(policies=('full', 'lru')), 'Unknown policies'),
+    (dict(policies=('window',)), "must include 'full'"),
+    (dict(compare_budget=3), 'compare_budget'),
+    (dict(policies=('full', 'window', 'pafu')), 'head.checkpoint'),
+    (dict(budgets=(0, 2)), 'smaller than one chunk'),
+    (dict(context_frames=0), 'context_frames'),
+])
+def test_bad_config_fails_before_any_work(data_dir, tmp_path, overrides, match):
+  with pytest.raises((ValueError, FileNotFoundError), match=match):
+    sweep.Sweep(sweep_config(data_dir, **overrides), str(tmp_path / 'out'))
+  assert not (tmp_path / 'out').exists()
+
+
+def test_command_line_error(tmp_path):
+  out = subprocess.run([sys.executable, 'evaluate.py', '--config=configs/sweeps/budget.py:tiny',
+                        f'--workdir={tmp_path}', '--config.policies=window'],
+                       cwd=REPO, capture_output=True, text=True)
+  assert out.returncode != 0 and "evaluate.py: error: policies must include 'full'" in out.stderr
