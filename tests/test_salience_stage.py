@@ -100,6 +100,16 @@ def test_trained_head_beats_random_on_held_out_recall(frozen_dir, tmp_path):
   assert loaded.fc1.kernel.shape == (cfg.model.dim, cfg.head.hidden_dim)
   lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert any('eval/recall@0.125/h2o' in line for line in lines)
+  # export.py writes the weights alone, with the config that tells generation the head's shape
+  import export
+  from pafukv_jax import generation
+  export.export(str(tmp_path), str(tmp_path / 'exported'))
+  wrong_shape = override(cfg.head.copy_and_resolve_references(), hidden_dim=99,
+                         checkpoint=str(tmp_path / 'exported'))
+  exported = generation.build_head(wrong_shape, cfg.model)
+  np.testing.assert_array_equal(exported.fc1.kernel[...], loaded.fc1.kernel[...])
+  with pytest.raises(FileExistsError):
+    export.export(str(tmp_path), str(tmp_path / 'exported'))
 
 
 def test_per_layer_head_trains_on_per_layer_targets(frozen_dir, tmp_path):
