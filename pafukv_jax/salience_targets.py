@@ -32,23 +32,33 @@ def region_salience_from_probs(probs, block_tokens: int):
   return jnp.stack(out)
 
 
-def region_salience(q, k, block_tokens: int):
-  """The same from queries and keys q, k [B, H, N, D] of one layer, one query chunk at a time."""
-  b, h, n, d = q.shape
+def _over_query_chunks(q, k, block_tokens: int, update, init):
+  """fori_loop over query chunks of q, k [B, H, N, D]: acc = update(chunk, scaled logits
+  [B, H, block, N], key chunk ids [N], acc). Memory: one chunk's logits, never N x N."""
+  n, d = q.shape[2], q.shape[3]
   if n % block_tokens:
     raise ValueError(f'{n} tokens are not a whole number of chunks of {block_tokens} tokens.')
   key_block = jnp.arange(n) // block_tokens
 
-  def body(qb, maxes):
+  def body(qb, acc):
     rows = jax.lax.dynamic_slice_in_dim(q, qb * block_tokens, block_tokens, axis=2)
     logits = jnp.einsum('bhqd,bhkd->bhqk', rows, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits / math.sqrt(d), axis=-1)
-    col_max = jnp.max(probs, axis=2)  # [B, H, N]: the most any query of this chunk gives j
-    region = jnp.where(qb < key_block, 0, jnp.where(qb == key_block, 1, 2))  # [N]
+    return update(qb, logits / math.sqrt(d), key_block, acc)
+
+  return jax.lax.fori_loop(0, n // block_tokens, body, init)
+
+
+def region_salience(q, k, block_tokens: int):
+  """The same from queries and keys q, k [B, H, N, D] of one layer, one query chunk at a time."""
+  b, h, n, _ = q.shape
+
+  def update(qb, logits, key_block, maxes):
+    col_max = jnp.max(jax.nn.softmax(logits, axis=-1), axis=2)  # [B, H, N]: the most any
+    region = jnp.where(qb < key_block, 0, jnp.where(qb == key_block, 1, 2))  # query of qb gives j
     hit = region[None, None, None, :] == jnp.arange(3)[:, None, None, None]
     return jnp.where(hit, jnp.maximum(maxes, col_max[None]), maxes)
 
-  maxes = jax.lax.fori_loop(0, n // block_tokens, body, jnp.zeros((3, b, h, n), jnp.float32))
+  maxes = _over_query_chunks(q, k, block_tokens, update, jnp.zeros((3, b, h, n), jnp.float32))
   return maxes.mean(axis=2)
 
 
@@ -56,18 +66,13 @@ def attention_received(q, k, block_tokens: int):
   """Attention mass [B, N] each key token receives under block-causal attention: the sum over
   the queries that may see it (its own chunk and later ones), mean over heads. What `h2o` would
   have accumulated for it by the end of the clip with an unbounded cache (clean pass only)."""
-  b, h, n, d = q.shape
-  if n % block_tokens:
-    raise ValueError(f'{n} tokens are not a whole number of chunks of {block_tokens} tokens.')
-  key_block = jnp.arange(n) // block_tokens
+  b, h, n, _ = q.shape
 
-  def body(qb, total):
-    rows = jax.lax.dynamic_slice_in_dim(q, qb * block_tokens, block_tokens, axis=2)
-    logits = jnp.einsum('bhqd,bhkd->bhqk', rows, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(key_block <= qb, logits / math.sqrt(d), -jnp.inf)
+  def update(qb, logits, key_block, total):
+    logits = jnp.where(key_block <= qb, logits, -jnp.inf)
     return total + jnp.sum(jax.nn.softmax(logits, axis=-1), axis=2)
 
-  total = jax.lax.fori_loop(0, n // block_tokens, body, jnp.zeros((b, h, n), jnp.float32))
+  total = _over_query_chunks(q, k, block_tokens, update, jnp.zeros((b, h, n), jnp.float32))
   return total.mean(axis=1)
 
 

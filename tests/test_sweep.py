@@ -21,7 +21,8 @@ def sweep_config(data_dir, **overrides):
   cfg = budget_config.get_config('tiny')
   cfg.data.data_dir = str(data_dir)
   cfg.policies = ('full', 'window', 'h2o')
-  cfg.sampling.timesteps = (1000, 500)
+  cfg.sampling.timesteps = (1000,)
+  cfg.batch_size = 4  # the 4 clips in one batch
   cfg.budgets = (2, 8)  # 8 = the whole video: window must then equal full
   return override(cfg, **overrides)
 
