@@ -242,7 +242,8 @@ class Sampler:
   def _commit(self, state):
     """Puts the first step's state where the weights are: the steps' outputs are committed to
     that device, and a first call with an uncommitted state would compile the step twice."""
-    devices = jax.tree.leaves(self.params)[0].devices()
+    leaf = jax.tree.leaves(self.params)[0]
+    devices = leaf.devices() if isinstance(leaf, jax.Array) else set()  # host arrays: no device
     return jax.device_put(state, next(iter(devices))) if len(devices) == 1 else state
 
   def generate(self, keys, label, context=None, frame_cond=None, progress=None,
