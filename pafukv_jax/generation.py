@@ -21,7 +21,7 @@ from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.models.salience import init_head
 
-OUTPUTS = ('samples.npz', 'metrics.json', 'videos')
+OUTPUTS = ('samples.npz', 'metrics.json', 'manifest.json', 'videos')
 STEP_NAMES = ('_cached_step', '_prefill_step', '_recompute_step')
 
 
@@ -204,11 +204,14 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       checkpoint=cfg.checkpoint or None,
       head_checkpoint=cfg.head.checkpoint if cfg.policy == 'pafu' else None,
   )
-  _write_outputs(workdir, videos, metrics, cfg)
+  manifest = [dict(sample=i, video=f'videos/sample_{i:04d}.gif', seed=cfg.seed,
+                   label=int(labels[i]), context=int(i % len(context)) if context is not None
+                   else None, policy=cfg.policy) for i in range(cfg.num_samples)]
+  _write_outputs(workdir, videos, metrics, manifest, cfg)
   return metrics
 
 
-def _write_outputs(workdir, videos, metrics, cfg):
+def _write_outputs(workdir, videos, metrics, manifest, cfg):
   """Writes into a fresh folder beside the outputs, then moves each into place."""
   os.makedirs(workdir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.generate-', dir=workdir)
@@ -220,6 +223,8 @@ def _write_outputs(workdir, videos, metrics, cfg):
                          fps=cfg.video.fps, scale=cfg.video.scale)
     with open(os.path.join(tmp, 'metrics.json'), 'w') as f:
       json.dump(metrics, f, indent=2)
+    with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
+      json.dump(manifest, f, indent=1)
     with open(os.path.join(tmp, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
     for name in (*OUTPUTS, 'config.json'):

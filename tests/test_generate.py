@@ -31,6 +31,10 @@ def test_outputs_and_metrics(tmp_path):
   gifs = sorted(os.listdir(tmp_path / 'videos'))
   assert gifs == ['sample_0000.gif', 'sample_0001.gif', 'sample_0002.gif']
   assert Image.open(tmp_path / 'videos' / gifs[0]).n_frames == 4
+  manifest = json.loads((tmp_path / 'manifest.json').read_text())
+  assert [m['video'] for m in manifest] == [f'videos/{g}' for g in gifs]
+  labels = generation.sample_labels(cfg, DiTConfig.from_config(cfg.model))
+  assert [m['label'] for m in manifest] == labels.tolist() and manifest[2]['sample'] == 2
   on_disk = json.loads((tmp_path / 'metrics.json').read_text())
   assert on_disk == json.loads(json.dumps(metrics))
   for key in ('policy', 'budget_tokens', 'cache_bytes', 'tokens_per_frame', 'num_frames',
