@@ -1,6 +1,9 @@
 """Generation with a fixed-size KV cache.
 
-python generate.py --config=configs/generate.py[:tiny] --workdir=DIR [--config.policy=window ...]
+python generate.py --config=configs/generate.py[:SIZE] --workdir=DIR [--config.policy=window ...]
+
+The default size, `small`, is the demo model shipped in demo/ (student, salience head, teacher);
+`tiny` and `base` run random weights (tests, smoke runs and speed) unless --config.checkpoint is set.
 """
 
 import ml_collections
@@ -8,8 +11,8 @@ import ml_collections
 from configs import common
 
 
-def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
-  """arg: a model size from configs/common.py ('tiny' for tests and smoke runs)."""
+def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
+  """arg: a model size from configs/common.py."""
   c = ml_collections.ConfigDict()
   c.policy = 'sink_window'      # recompute | full | window | sink_window | h2o | random | pafu | oracle
   c.num_frames = 32             # frames per video, context included

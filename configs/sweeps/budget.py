@@ -3,8 +3,8 @@
 python evaluate.py --config=configs/sweeps/budget.py[:tiny] --workdir=DIR [--config.seeds=0,1 ...]
 
 Defaults: the demo model shipped in demo/ (student, head and teacher), occluded_objects' test
-split, 16 frames of which 4 are given, budgets of 2, 4 and 8 frames (a quarter of the 16-frame
-full cache is 4). `tiny` runs random tiny weights: the tests' size.
+split, 32 clips of 16 frames of which 4 are given, budgets of 3, 4 and 8 frames (a quarter of the
+16-frame full cache is 4). `tiny` runs random tiny weights: the tests' size.
 """
 
 import ml_collections
@@ -21,12 +21,13 @@ def get_config(arg: str = 'small'):
   size = parts[0]
   c = generate_config.get_config(size)
   c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle')
-  c.budgets = (2, 4, 8)          # cache.budget_frames of each bounded policy
+  c.budgets = (3, 4, 8)          # cache.budget_frames of each bounded policy (with 1 sink frame
+                                 # and the incoming one protected, 2 would leave no choice)
   c.seeds = (0,)                 # noise seeds; each runs every policy and budget
   c.compare_budget = 4           # budget of the per-frame curves and side-by-side videos
   c.side_by_side = ('ground_truth', 'full', 'window', 'sink_window', 'pafu')
   c.num_videos = 4               # side-by-side videos written (first clips)
-  c.num_clips = 16               # held-out clips continued
+  c.num_clips = 32               # held-out clips continued
   c.batch_size = 8
   c.num_frames = 16
   c.context_frames = 4           # given frames; the rest is generated and scored

@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import tempfile
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -232,9 +233,11 @@ class Sweep:
         if r['seed'] == cfg.seeds[0] and r['budget_frames'] in (None, cfg.compare_budget):
           if metric == 'psnr_full' and r['policy'] == 'full':
             continue
+          # None = identical to full in every clip (inf dB): a gap in the curve
           per_frame = np.asarray(r[metric], np.float64)
-          series[r['policy']] = (frames, np.nanmean(np.where(np.isinf(per_frame), np.nan,
-                                                             per_frame), axis=0))
+          with warnings.catch_warnings():
+            warnings.simplefilter('ignore', RuntimeWarning)  # all-None frames: mean of nothing
+            series[r['policy']] = (frames, np.nanmean(per_frame, axis=0))
       plots.line_plot(os.path.join(plot_dir, f'{metric}_per_frame.png'), series, 'frame',
                       LABELS[metric], f'per frame, budget {cfg.compare_budget} frames '
                       f'(first {cfg.context_frames} given)')
