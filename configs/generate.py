@@ -56,6 +56,7 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
 
   c.model = common.model_config(arg)
   if arg == 'small':  # the demo model in demo/, trained by the README's commands
+    c.num_frames = 16           # as it was trained
     c.model.frame_cond_dim = 2  # the procedural datasets' camera motion
     c.checkpoint = 'demo/student'
     c.head.checkpoint = 'demo/head'
