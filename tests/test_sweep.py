@@ -21,6 +21,7 @@ def sweep_config(data_dir, **overrides):
   cfg = budget_config.get_config('tiny')
   cfg.data.data_dir = str(data_dir)
   cfg.policies = ('full', 'window', 'h2o')
+  cfg.paired_references = ('window',)
   cfg.sampling.timesteps = (1000,)
   cfg.batch_size = 4  # the 4 clips in one batch
   cfg.budgets = (2, 8)  # 8 = the whole video: window must then equal full
@@ -75,6 +76,16 @@ def test_report(done, data_dir):
   for name in ('memory_psnr_vs_budget', 'memory_psnr_vs_ms_per_frame', 'psnr_gt_per_frame'):
     image = np.asarray(Image.open(workdir / 'plots' / f'{name}.png').convert('L'))
     assert image.std() > 0
+  # paired.csv: h2o minus window, clip by clip, at the same budget
+  with open(workdir / 'paired.csv') as f:
+    paired = {(r['policy'], r['budget_frames']): r for r in csv.DictReader(f)}
+  runs = {name: json.loads((workdir / 'runs' / f'{name}_b2_s0.json').read_text())
+          for name in ('h2o', 'window')}
+  diffs = [a - b for a, b in zip(runs['h2o']['memory_psnr'], runs['window']['memory_psnr'])
+           if a is not None and b is not None]
+  np.testing.assert_allclose(float(paired[('h2o', '2')]['memory_gain_db']), np.mean(diffs),
+                             rtol=1e-6, atol=1e-9)
+  assert int(paired[('h2o', '2')]['clips']) == len(diffs) and ('window', '2') not in paired
   gif = Image.open(workdir / 'videos' / 'side_by_side_00.gif')
   assert gif.n_frames == 8 and gif.size[0] > 3 * 16 * 2  # three labelled panels, upscaled x2
 
@@ -99,6 +110,7 @@ def test_resumes_only_the_missing_runs(done, data_dir):
     (dict(policies=('full', 'window', 'pafu')), 'head.checkpoint'),
     (dict(budgets=(0, 2)), 'smaller than one chunk'),
     (dict(context_frames=0), 'context_frames'),
+    (dict(paired_references=('sink_window',)), 'paired_references'),
 ])
 def test_bad_config_fails_before_any_work(data_dir, tmp_path, overrides, match):
   with pytest.raises((ValueError, FileNotFoundError), match=match):

@@ -25,6 +25,7 @@ def get_config(arg: str = 'small'):
                                  # and the incoming one protected, 2 would leave no choice)
   c.seeds = (0,)                 # noise seeds; each runs every policy and budget
   c.compare_budget = 4           # budget of the per-frame curves and side-by-side videos
+  c.paired_references = ('window', 'sink_window', 'h2o')  # paired.csv: gains over these
   c.side_by_side = ('ground_truth', 'full', 'window', 'sink_window', 'pafu')
   c.num_videos = 4               # side-by-side videos written (first clips)
   c.num_clips = 32               # held-out clips continued

@@ -11,6 +11,8 @@ Layout of a sweep's workdir:
   runs/<policy>_b<budget>_s<seed>.npz / .json   one run: videos, per-clip per-frame metrics
   results.json, results.csv                     one row per (policy, budget): means over clips
                                                 and seeds
+  paired.csv                                    memory score gains over `paired_references`,
+                                                paired over clips (mean, standard error)
   plots/*.png                                   quality vs budget, vs s/frame, per-frame curves
   videos/side_by_side_XX.gif                    ground truth | full | window | ... with labels
 A run already on disk is skipped, so an interrupted sweep resumes where it stopped.
@@ -60,6 +62,10 @@ def check_config(cfg):
   unknown = [p for p in cfg.side_by_side if p != GROUND_TRUTH and p not in cfg.policies]
   if unknown:
     raise ValueError(f'side_by_side names {unknown}, which are not in policies {cfg.policies}.')
+  unknown = [p for p in cfg.paired_references if p not in cfg.policies or p == 'full']
+  if unknown:
+    raise ValueError(f'paired_references names {unknown}: they must be bounded policies of '
+                     f'{cfg.policies}.')
   model_cfg = DiTConfig.from_config(cfg.model)
   generation.rollout_config(cfg)
   for policy in cfg.policies:
@@ -208,6 +214,9 @@ class Sweep:
     cfg, workdir = self.cfg, self.workdir
     _atomic(os.path.join(workdir, 'results.json'), lambda p: _dump_json(p, rows))
     _atomic(os.path.join(workdir, 'results.csv'), lambda p: _write_csv(p, rows))
+    paired = paired_memory(results, cfg.paired_references)
+    if paired:
+      _atomic(os.path.join(workdir, 'paired.csv'), lambda p: _write_csv(p, paired))
     plot_dir = os.path.join(workdir, 'plots')
     os.makedirs(plot_dir, exist_ok=True)
     for metric in ('memory_psnr', 'psnr_full', 'ssim_gt'):
@@ -273,6 +282,33 @@ def aggregate(results):
     rows.append(row)
   order = {p: i for i, p in enumerate(POLICIES)}
   return sorted(rows, key=lambda r: (order[r['policy']], r['budget_frames'] or 0))
+
+
+def paired_memory(results, references):
+  """Memory-score differences, policy minus reference, paired over the same clips and seeds at the
+  same budget: mean, standard error, the clips counted (those with revisited content) and the
+  share where the policy is better. Small gaps between policies are only visible this way."""
+  runs = {(r['policy'], r['budget_frames'], r['seed']): r for r in results}
+  rows = []
+  for policy, budget in sorted({(p, b) for p, b, _ in runs if b is not None}):
+    for reference in references:
+      if reference == policy:
+        continue
+      diffs = []
+      for (p, b, seed), r in runs.items():
+        other = runs.get((reference, budget, seed))
+        if p == policy and b == budget and other is not None:
+          a = np.asarray(r['memory_psnr'], np.float64)
+          diffs.append(a - np.asarray(other['memory_psnr'], np.float64))
+      d = np.concatenate(diffs) if diffs else np.zeros(0)
+      d = d[np.isfinite(d)]
+      if d.size:
+        rows.append(dict(policy=policy, budget_frames=budget, reference=reference,
+                         memory_gain_db=float(d.mean()),
+                         stderr_db=float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None,
+                         clips=int(d.size), share_better=float(np.mean(d > 0))))
+  order = {p: i for i, p in enumerate(POLICIES)}
+  return sorted(rows, key=lambda r: (order[r['policy']], r['budget_frames'], r['reference']))
 
 
 def _nan(x):
