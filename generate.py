@@ -8,7 +8,7 @@ DIR/metrics.json (policy, cache size, seconds per frame, compilations) and DIR/c
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pafukv_jax import generation
@@ -22,6 +22,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
   try:
     metrics = generation.generate(FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
   except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: say what, not where

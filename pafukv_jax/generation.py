@@ -166,15 +166,17 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   videos, chunk_seconds = [], []
   bar = tqdm.tqdm(total=num_batches * generated_chunks, unit='chunk', desc=cfg.policy,
                   disable=None, dynamic_ncols=True)
+  def batch_args(i):
+    ids = np.arange(i * batch, (i + 1) * batch) % cfg.num_samples  # pad the last batch
+    pick = lambda a: None if a is None else jnp.asarray(a[ids % a.shape[0]])
+    return sampling.sample_keys(cfg.seed, ids), labels[ids], pick(context), pick(frame_cond)
+
+  # the oracle's reference rollouts come first: `compiles` and the timings are the policy's own
+  scores = [oracle(*batch_args(i)) if oracle else None for i in range(num_batches)]
   with CompileCounter(*STEP_NAMES) as compiles:
     start = time.perf_counter()
     for i in range(num_batches):
-      ids = np.arange(i * batch, (i + 1) * batch) % cfg.num_samples  # pad the last batch
-      pick = lambda a: None if a is None else jnp.asarray(a[ids % a.shape[0]])
-      keys = sampling.sample_keys(cfg.seed, ids)
-      args = (keys, labels[ids], pick(context), pick(frame_cond))
-      scores = oracle(*args) if oracle else None
-      out = sampler.generate(*args, progress=bar.update, token_scores=scores)
+      out = sampler.generate(*batch_args(i), progress=bar.update, token_scores=scores[i])
       videos.append(np.asarray(out))
       chunk_seconds += sampler.chunk_seconds
     total_seconds = time.perf_counter() - start

@@ -148,9 +148,10 @@ def test_pafu_and_oracle(tmp_path):
                                             **{'head.checkpoint': str(tmp_path / 'head')}),
                                 str(tmp_path / 'pafu'))
   assert metrics['compiles'] == 1 and metrics['head_checkpoint'] == str(tmp_path / 'head')
-  generation.generate(tiny_config(num_frames=5, policy='oracle',
-                                  **{'oracle.teacher': str(tmp_path / 'teacher')}),
-                      str(tmp_path / 'oracle'))
+  metrics = generation.generate(tiny_config(num_frames=5, policy='oracle',
+                                            **{'oracle.teacher': str(tmp_path / 'teacher')}),
+                                str(tmp_path / 'oracle'))
+  assert metrics['compiles'] == 1  # the oracle's own step; its reference rollout is not counted
   # by hand: the full rollout, the teacher's SSE on it, then the oracle rollout with those scores
   model, teacher = init_model(model_cfg, 0), init_model(model_cfg, 7)
   rc = generation.rollout_config(cfg)
