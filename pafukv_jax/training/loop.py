@@ -152,7 +152,10 @@ def train(cfg, workdir: str) -> dict:
   with cfg.unlocked():
     cfg.data.batch_size = cfg.batch_size
   pipeline = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES)
-  os.makedirs(workdir, exist_ok=True)
+  frozen = targets_fn = None
+  if cfg.stage == 'salience':  # batches become (student features, teacher targets) in the step
+    frozen, targets_fn = salience.load_frozen(cfg, mesh)  # before the workdir: a wrong-shaped
+  os.makedirs(workdir, exist_ok=True)                     # teacher leaves nothing behind
 
   # -- set up, then restore ----------------------------------------------------------------------
   ckpt = checkpoints.TrainCheckpoints(workdir, cfg.max_to_keep)
@@ -172,9 +175,6 @@ def train(cfg, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
 
-  frozen = targets_fn = None
-  if cfg.stage == 'salience':  # batches become (student features, teacher targets) in the step
-    frozen, targets_fn = salience.load_frozen(cfg, mesh)
   train_step = jax.jit(steps.make_train_step(graphdef, cfg, tx, targets_fn), donate_argnums=(0,),
                        out_shardings=(state_shardings, parallel.replicated(mesh)))
   key = jax.random.key(cfg.seed)
