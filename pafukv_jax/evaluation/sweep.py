@@ -219,12 +219,15 @@ class Sweep:
       _atomic(os.path.join(workdir, 'paired.csv'), lambda p: _write_csv(p, paired))
     plot_dir = os.path.join(workdir, 'plots')
     os.makedirs(plot_dir, exist_ok=True)
+    budgets = sorted(cfg.budgets)
     for metric in ('memory_psnr', 'psnr_full', 'ssim_gt'):
       series = {r['policy']: ([], []) for r in rows if r['budget_frames'] is not None}
       for r in rows:
         if r['budget_frames'] is not None:
           series[r['policy']][0].append(r['budget_frames'])
           series[r['policy']][1].append(_nan(r[metric]))
+        elif r[metric] is not None:  # full, at any budget: the level the others approach
+          series['full (whole video)'] = (budgets, [r[metric]] * len(budgets))
       plots.line_plot(os.path.join(plot_dir, f'{metric}_vs_budget.png'), series,
                       'cache budget (frames)', LABELS[metric], f'{LABELS[metric]} vs cache budget')
     series = {}
