@@ -126,8 +126,12 @@ class OracleScores:
         weights=tuple(cfg.oracle.weights), normalize=cfg.oracle.normalize, per_layer=per_layer))
 
   def __call__(self, keys, label, context, frame_cond):
-    video = self.full.generate(keys, label, context, frame_cond)
-    return self._scores(self.teacher_params, video, jnp.asarray(label, jnp.int32), frame_cond)
+    return self.of_video(self.full.generate(keys, label, context, frame_cond), label, frame_cond)
+
+  def of_video(self, video, label, frame_cond):
+    """Scores from a `full` rollout already generated (a sweep has it)."""
+    return self._scores(self.teacher_params, jnp.asarray(video, jnp.float32),
+                        jnp.asarray(label, jnp.int32), frame_cond)
 
 
 def generate(cfg, workdir: str, overwrite: bool = False) -> dict:

@@ -123,3 +123,29 @@ def test_command_line_error(tmp_path):
                         f'--workdir={tmp_path}', '--config.policies=window'],
                        cwd=REPO, capture_output=True, text=True)
   assert out.returncode != 0 and "evaluate.py: error: policies must include 'full'" in out.stderr
+
+
+def test_oracle_scores_the_sweeps_own_full_rollout(data_dir, tmp_path):
+  import jax.numpy as jnp
+  from pafukv_jax import checkpoints, salience_targets, sampling
+  from pafukv_jax.models.dit import DiTConfig, init_model
+  cfg = sweep_config(data_dir, policies=('full', 'oracle'), budgets=(2,), paired_references=(),
+                     side_by_side=('ground_truth', 'full'), num_videos=0)
+  model_cfg = DiTConfig.from_config(cfg.model)
+  checkpoints.save_params(str(tmp_path / 'teacher'), init_model(model_cfg, 7))
+  cfg.oracle.teacher = str(tmp_path / 'teacher')
+  sweep.Sweep(cfg, str(tmp_path / 'sweep')).run()
+  # by hand: the teacher's salience on the saved full videos, then the oracle rollout
+  full = np.load(tmp_path / 'sweep' / 'runs' / 'full_s0.npz')['videos']
+  clips = sweep.load_clips(cfg)
+  label = jnp.asarray(clips['label'], jnp.int32)
+  cond = jnp.asarray(clips['frame_cond'], jnp.float32) if model_cfg.frame_cond_dim else None
+  scores = salience_targets.oracle_scores(init_model(model_cfg, 7), jnp.asarray(full), label,
+                                          cond, chunk_frames=1)
+  want = sampling.Sampler(init_model(model_cfg, cfg.init_seed), sweep.generation.rollout_config(cfg),
+                          'oracle', override(cfg.cache.copy_and_resolve_references(),
+                                             budget_frames=2)).generate(
+      sampling.sample_keys(0, np.arange(4)), label, jnp.asarray(clips['video'][:, :2]), cond,
+      token_scores=scores)
+  got = np.load(tmp_path / 'sweep' / 'runs' / 'oracle_b2_s0.npz')['videos']
+  np.testing.assert_allclose(got, np.clip(np.asarray(want), -1, 1), atol=1e-5)

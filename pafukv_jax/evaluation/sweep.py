@@ -144,7 +144,7 @@ class Sweep:
     return sampling.Sampler(self.model, self.rc, policy, cache,
                             head=self._head if policy == 'pafu' else None)
 
-  def _generate(self, policy, budget, seed):
+  def _generate(self, policy, budget, seed, full_videos):
     """Videos [N, T, ...], seconds per generated frame, cache bytes per sample."""
     cfg, clips = self.cfg, self.clips
     sampler = self._sampler(policy, budget)
@@ -157,7 +157,9 @@ class Sweep:
       args = (sampling.sample_keys(seed, ids), clips['label'][ids].astype(np.int32),
               jnp.asarray(clips['video'][ids, :cfg.context_frames]),
               None if cond is None else jnp.asarray(cond[ids], jnp.float32))
-      scores = self._oracle(*args) if policy == 'oracle' else None
+      # the oracle scores the full rollout of these clips, which this sweep already generated
+      scores = (self._oracle.of_video(full_videos[ids], args[1], args[3])
+                if policy == 'oracle' else None)
       videos.append(np.asarray(sampler.generate(*args, token_scores=scores)))
       seconds += sampler.chunk_seconds[1:]  # the first chunk of a sampler includes compilation
     spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
@@ -170,7 +172,7 @@ class Sweep:
     if os.path.exists(path + '.json'):
       with open(path + '.json') as f:
         return json.load(f), np.load(path + '.npz')['videos']
-    videos, spf, cache_bytes = self._generate(policy, budget, seed)
+    videos, spf, cache_bytes = self._generate(policy, budget, seed, full_videos)
     reference = videos if full_videos is None else full_videos
     result = dict(policy=policy, budget_frames=budget if get_policy(policy).bounded else None,
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
