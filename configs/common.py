@@ -21,11 +21,26 @@ def model_config(size: str = 'base') -> ml_collections.ConfigDict:
       scan_layers=True))
 
 
+def split_arg(arg: str) -> tuple[str, str]:
+  """A training config's arg, 'SIZE[,DATASET]' in any order -> (model size, data config arg).
+
+  'small' (the default size), 'base', 'tiny' (tests / CI), 'photo_pan', 'base,photo_pan', ...
+  """
+  parts = [p for p in arg.split(',') if p]
+  sizes = [p for p in parts if p in SIZES]
+  if len(sizes) > 1:
+    raise ValueError(f'At most one model size in {arg!r}; got {sizes}.')
+  size = sizes[0] if sizes else 'small'
+  datasets = [p for p in parts if p not in SIZES]
+  return size, ','.join(['tiny' if size == 'tiny' else 'base', *datasets])
+
+
 def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
-  """The fields every training stage has; arg 'tiny' gives the test / CI size."""
+  """The fields every training stage has. arg: see split_arg; 'tiny' gives the test / CI size."""
   from configs import data
   from pafukv_jax import parallel
-  tiny = arg == 'tiny'
+  size, data_arg = split_arg(arg)
+  tiny = size == 'tiny'
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.total_steps = 20_000
@@ -63,9 +78,9 @@ def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
   c.sample.timesteps = (1000, 750, 500, 250)
   c.sample.shift = 5.0
 
-  c.model = model_config('tiny' if tiny else 'small')
+  c.model = model_config(size)
   c.model.frame_cond_dim = 2   # the datasets' per-frame camera motion
-  c.data = data.get_config('tiny' if tiny else 'base')
+  c.data = data.get_config(data_arg)
   c.data.num_frames = 8 if tiny else 16
   if tiny:
     c.total_steps = 6

@@ -1,6 +1,6 @@
 """Stage 3: the Salience Estimation Head, distilled from the teacher's attention.
 
-python train.py --config=configs/salience.py[:tiny] --workdir=DIR \
+python train.py --config=configs/salience.py[:SIZE,DATASET] --workdir=DIR \
     --config.teacher=TEACHER_DIR --config.student=STUDENT_DIR
 
 Teacher and student are frozen (their workdirs are read, never written); only the head trains.
@@ -13,7 +13,7 @@ import ml_collections
 from configs import common
 
 
-def get_config(arg: str = 'base'):
+def get_config(arg: str = 'small'):
   c = common.train_config('salience', arg)
   c.teacher = ''                # the bidirectional teacher: training workdir or params directory
   c.student = ''                # the causal student whose features the head reads
@@ -42,7 +42,7 @@ def get_config(arg: str = 'base'):
   c.salience.huber_delta = 0.1  # smooth_l1
   c.salience.smoothness = 0.1   # smooth_l1: weight of the neighbouring-token term
   c.salience.log_eps = 1e-3     # mse_log: log(target + eps)
-  if arg == 'tiny':
+  if common.split_arg(arg)[0] == 'tiny':
     c.total_steps = 6
     c.eval_every = 3
     c.eval_examples = 8

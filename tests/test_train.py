@@ -213,3 +213,23 @@ def test_ema_warms_up_then_averages(data_dir):
     ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, jax.device_get(state['params']))
     for a, b in zip(jax.tree.leaves(jax.device_get(state['ema'])), jax.tree.leaves(ema)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('stage', ['teacher', 'student', 'salience'])
+def test_config_arg_picks_model_size_and_dataset(stage):
+  from configs import common
+  get = importlib.import_module(f'configs.{stage}').get_config
+  assert get().to_dict() == get('small').to_dict()      # the default is the demo size
+  base_pan = get('base,photo_pan')
+  assert base_pan.model.dim == common.SIZES['base'][2]
+  assert base_pan.model.num_layers == common.SIZES['base'][5]
+  assert (base_pan.data.dataset, base_pan.data.num_frames) == ('photo_pan', 16)
+  assert get('photo_pan,base').to_dict() == base_pan.to_dict()  # order does not matter
+  tiny_pan = get('tiny,photo_pan')
+  tiny = get('tiny')
+  assert tiny_pan.data.dataset == 'photo_pan'
+  assert tiny_pan.total_steps == tiny.total_steps and tiny_pan.model == tiny.model
+  with pytest.raises(ValueError, match='At most one model size'):
+    get('small,base')
+  with pytest.raises(ValueError, match='At most one dataset'):
+    get('photo_pan,occluded_objects')
