@@ -118,9 +118,20 @@ def test_bad_config_fails_before_any_work(data_dir, tmp_path, overrides, match):
   assert not (tmp_path / 'out').exists()
 
 
+def test_split_name_lists():
+  cfg = budget_config.get_config('tiny')
+  cfg.policies = ('full,window', ' h2o ')   # what --config.policies=full,window,... gives
+  cfg.side_by_side = ('ground_truth,full',)
+  sweep.split_name_lists(cfg)
+  assert cfg.policies == ('full', 'window', 'h2o')
+  assert cfg.side_by_side == ('ground_truth', 'full')
+  assert cfg.paired_references == budget_config.get_config('tiny').paired_references
+
+
 def test_command_line_error(tmp_path):
+  # a comma-separated list on the command line is split: the error is the missing 'full'
   out = subprocess.run([sys.executable, 'evaluate.py', '--config=configs/sweeps/budget.py:tiny',
-                        f'--workdir={tmp_path}', '--config.policies=window'],
+                        f'--workdir={tmp_path}', '--config.policies=window,sink_window'],
                        cwd=REPO, capture_output=True, text=True)
   assert out.returncode != 0 and "evaluate.py: error: policies must include 'full'" in out.stderr
 

@@ -47,6 +47,19 @@ def run_name(policy, budget, seed):
   return f'{policy}_s{seed}' if not get_policy(policy).bounded else f'{policy}_b{budget}_s{seed}'
 
 
+NAME_LISTS = ('policies', 'side_by_side', 'paired_references')
+
+
+def split_name_lists(cfg):
+  """`--config.policies=full,window` arrives as ('full,window',) (ml_collections parses numbers
+  separated by commas as tuples, but not words): split such entries at the commas."""
+  with cfg.unlocked():
+    for field in NAME_LISTS:
+      cfg[field] = tuple(n.strip() for entry in cfg[field] for n in str(entry).split(',')
+                         if n.strip())
+  return cfg
+
+
 def check_config(cfg):
   """Every error a sweep could meet, before any work."""
   unknown = [p for p in cfg.policies if p not in ROLLOUT_POLICIES or p == 'recompute']
@@ -125,7 +138,7 @@ class Sweep:
   """Runs (or resumes) a sweep; `run()` returns the aggregated rows."""
 
   def __init__(self, cfg, workdir):
-    check_config(cfg)
+    check_config(split_name_lists(cfg))
     self.cfg, self.workdir = cfg, workdir
     self.runs_dir = os.path.join(workdir, 'runs')
     self.rc = generation.rollout_config(cfg)
