@@ -43,7 +43,9 @@ def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
   tiny = size == 'tiny'
   c = ml_collections.ConfigDict()
   c.stage = stage
-  c.total_steps = 20_000
+  c.total_steps = 20_000        # also the length of the learning-rate schedule
+  c.stop_at_step = 0           # >0: stop (and save) at this step, on total_steps' schedule;
+                               # a later run with stop_at_step=0 resumes to total_steps
   c.batch_size = 16            # global, over all hosts; a multiple of mesh.data x mesh.fsdp
   c.seed = 0                   # weights, noise levels and noise; the data order is data.shuffle_seed
   c.log_every = 50             # metrics to DIR/metrics.jsonl and DIR/tensorboard

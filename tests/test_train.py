@@ -108,6 +108,28 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
+def test_stop_at_step_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+  from pafukv_jax.checkpoints import TrainCheckpoints
+  stopped = stage_config('teacher', data_dir, total_steps=6, checkpoint_every=100, stop_at_step=4)
+  loop.train(stopped, str(tmp_path / 'stopped'))
+  assert TrainCheckpoints(str(tmp_path / 'stopped')).latest_step() == 4  # saved where it stopped
+  loop.train(stage_config('teacher', data_dir, total_steps=6, checkpoint_every=100),
+             str(tmp_path / 'stopped'))
+  loop.train(stage_config('teacher', data_dir, total_steps=6, checkpoint_every=100),
+             str(tmp_path / 'straight'))
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1)), jax.devices()[:1])
+  _, state, _, _ = loop.build(stage_config('teacher', data_dir), mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  (a, meta_a), (b, meta_b) = [TrainCheckpoints(str(tmp_path / d)).restore(abstract)
+                              for d in ('stopped', 'straight')]
+  assert meta_a['step'] == meta_b['step'] == 6
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match='stop_at_step'):
+    loop.check_config(stage_config('teacher', data_dir, stop_at_step=7), str(tmp_path / 'x'))
+
+
 def test_sigterm_saves_and_exits(tmp_path, data_dir):
   data.open_source(stage_config('teacher', data_dir).data, 'train')
   # SIGTERM while checkpoints are being written: the step it stops at is saved all the same

@@ -44,6 +44,9 @@ def check_config(cfg, workdir):
   for field in ('total_steps', 'batch_size', 'log_every', 'checkpoint_every'):
     if cfg[field] < 1:
       raise ValueError(f'config.{field} must be >= 1, got {cfg[field]}.')
+  if not 0 <= cfg.get('stop_at_step', 0) <= cfg.total_steps:
+    raise ValueError(f'config.stop_at_step must be in [0, total_steps={cfg.total_steps}] (0: run '
+                     f'to total_steps), got {cfg.stop_at_step}.')
   if cfg.data.num_frames % cfg.chunk_frames:
     raise ValueError(f'data.num_frames={cfg.data.num_frames} is not a multiple of '
                      f'chunk_frames={cfg.chunk_frames}.')
@@ -182,16 +185,17 @@ def train(cfg, workdir: str) -> dict:
   stop = _Stop()
   sampler = None
   last = {}
-  bar = tqdm.tqdm(total=cfg.total_steps, initial=start, desc=cfg.stage, unit='step',
+  end = cfg.get('stop_at_step', 0) or cfg.total_steps  # the schedule is total_steps' either way
+  bar = tqdm.tqdm(total=end, initial=start, desc=cfg.stage, unit='step',
                   disable=None, dynamic_ncols=True)
   t_log, n_log = time.perf_counter(), 0
   try:
-    for step, batch in zip(range(start, cfg.total_steps), pipeline.iterate(start)):
+    for step, batch in zip(range(start, end), pipeline.iterate(start)):
       state, metrics = train_step(state, batch, key, frozen)
       done, n_log = step + 1, n_log + 1
       bar.update(1)
       stopping = stop.requested  # read once: a SIGTERM after this is handled at the next step
-      save = done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stopping
+      save = done % cfg.checkpoint_every == 0 or done == end or stopping
       if done % cfg.log_every == 0 or save:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(math.isfinite(v) for v in metrics.values()):
@@ -208,7 +212,7 @@ def train(cfg, workdir: str) -> dict:
         t_log, n_log = time.perf_counter(), 0
       if save:
         ckpt.save(done, state, dict(step=done))
-      if targets_fn is not None and (done % cfg.eval_every == 0 or done == cfg.total_steps):
+      if targets_fn is not None and (done % cfg.eval_every == 0 or done == end):
         jax.block_until_ready(state)  # one multi-device program at a time (CPU collectives)
         eval_metrics = salience.evaluate(cfg, graphdef, state['params'], frozen, targets_fn, mesh)
         writer.write(done, eval_metrics)
