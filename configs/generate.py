@@ -2,8 +2,9 @@
 
 python generate.py --config=configs/generate.py[:SIZE] --workdir=DIR [--config.policy=window ...]
 
-The default size, `small`, is the demo model shipped in demo/ (student, salience head, teacher);
-`tiny` and `base` run random weights (tests, smoke runs and speed) unless --config.checkpoint is set.
+The default size, `small`, is the demo model shipped in demo/ (student, salience head, teacher),
+trained on occluded_objects; `small,photo_pan` is the one in demo/photo_pan/. `tiny` and `base` run
+random weights (tests, smoke runs and speed) unless --config.checkpoint is set.
 """
 
 import ml_collections
@@ -11,8 +12,17 @@ import ml_collections
 from configs import common
 
 
+DEMOS = {'occluded_objects': 'demo', 'photo_pan': 'demo/photo_pan'}  # dataset -> demo directory
+
+
 def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
-  """arg: a model size from configs/common.py."""
+  """arg: a model size from configs/common.py, and for `small` optionally the demo's dataset:
+  'small' (= 'small,occluded_objects'), 'small,photo_pan', 'tiny', 'base'."""
+  size, *dataset = arg.split(',')
+  if dataset and (size != 'small' or dataset[0] not in DEMOS or len(dataset) > 1):
+    raise ValueError(f'{arg!r}: a dataset names a demo model, so it goes with size small: '
+                     f'{[f"small,{d}" for d in DEMOS]}.')
+  demo = DEMOS[dataset[0] if dataset else 'occluded_objects']
   c = ml_collections.ConfigDict()
   c.policy = 'sink_window'      # recompute | full | window | sink_window | h2o | random | pafu | oracle
   c.num_frames = 32             # frames per video, context included
@@ -54,14 +64,14 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
   c.video.fps = 8
   c.video.scale = 4             # nearest-neighbour upscaling of the written GIFs
 
-  c.model = common.model_config(arg)
-  if arg == 'small':  # the demo model in demo/, trained by the README's commands
+  c.model = common.model_config(size)
+  if size == 'small':  # a demo model, trained by the commands in demo/README.md
     c.num_frames = 16           # as it was trained
     c.model.frame_cond_dim = 2  # the procedural datasets' camera motion
-    c.checkpoint = 'demo/student'
-    c.head.checkpoint = 'demo/head'
-    c.oracle.teacher = 'demo/teacher'
-  if arg == 'tiny':
+    c.checkpoint = f'{demo}/student'
+    c.head.checkpoint = f'{demo}/head'
+    c.oracle.teacher = f'{demo}/teacher'
+  if size == 'tiny':
     c.num_frames = 8
     c.num_samples = 2
     c.batch_size = 2

@@ -162,3 +162,19 @@ def test_pafu_and_oracle(tmp_path):
                                                                    token_scores=scores)
   got = np.load(tmp_path / 'oracle' / 'samples.npz')['videos']
   np.testing.assert_allclose(got, np.clip(np.asarray(want), -1, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize('arg, dataset', [('small', 'occluded_objects'),
+                                          ('small,photo_pan', 'photo_pan')])
+def test_demo_configs_point_at_shipped_models_of_their_dataset(arg, dataset):
+  from configs.sweeps import budget
+  for cfg in (generate_config.get_config(arg), budget.get_config(arg)):
+    for path in (cfg.checkpoint, cfg.head.checkpoint, cfg.oracle.teacher):
+      with open(os.path.join(REPO, path, 'config.json')) as f:
+        trained = json.load(f)
+      assert trained['data']['dataset'] == dataset, path
+      if trained['stage'] != 'salience':  # the head's config holds its own model fields
+        assert trained['model']['dim'] == cfg.model.dim, path
+  assert budget.get_config(arg).data.dataset == dataset
+  with pytest.raises(ValueError, match='goes with size small'):
+    generate_config.get_config('base,photo_pan')

@@ -2,24 +2,21 @@
 
 python evaluate.py --config=configs/sweeps/budget.py[:tiny] --workdir=DIR [--config.seeds=0,1 ...]
 
-Defaults: the demo model shipped in demo/ (student, head and teacher), occluded_objects' test
-split, 32 clips of 16 frames of which 4 are given, budgets of 3, 4 and 8 frames (a quarter of the
+Defaults: the demo model shipped in demo/ (student, head and teacher) on occluded_objects' test
+split (`:small,photo_pan`: the photo_pan demo in demo/photo_pan/ on photo_pan's test split),
+32 clips of 16 frames of which 4 are given, budgets of 3, 4 and 8 frames (a quarter of the
 16-frame full cache is 4). `tiny` runs random tiny weights: the tests' size.
 """
 
-import ml_collections
-
-from configs import common, data
+from configs import data
 from configs import generate as generate_config
-
-DEMO = 'demo'
 
 
 def get_config(arg: str = 'small'):
   """arg: 'small' (the demo model), 'tiny' (tests), optionally ',photo_pan' for that dataset."""
   parts = arg.split(',')
   size = parts[0]
-  c = generate_config.get_config(size)
+  c = generate_config.get_config(arg if size == 'small' else size)  # small,photo_pan: its demo
   c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle')
   c.budgets = (3, 4, 8)          # cache.budget_frames of each bounded policy (with 1 sink frame
                                  # and the incoming one protected, 2 would leave no choice)
