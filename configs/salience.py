@@ -33,6 +33,9 @@ def get_config(arg: str = 'small'):
   c.head.per_layer = False      # True: one score (one cache selection) per layer
 
   c.salience = ml_collections.ConfigDict()
+  c.salience.source = 'teacher'  # teacher: the bidirectional teacher's SSE (PaFu-KV); student:
+                                # the attention per query the student's own later queries pay
+                                # (an ablation: what this student uses)
   c.salience.weights = (1.0, 0.5, 1.0)  # (earlier, same, later) query regions; same down-weighted
   c.salience.normalize = 'max'  # each region over a clip's tokens: max | sum | none
   c.salience.noise_level = 0.0  # teacher input: clean (0) or noised to this level

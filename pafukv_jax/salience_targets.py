@@ -98,6 +98,20 @@ def sse_targets(regions, weights=(1.0, 0.5, 1.0), normalize: str = 'max', per_la
   return mixed if per_layer else mixed.mean(axis=0)
 
 
+def student_targets(received, block_tokens: int, normalize: str = 'max',
+                    per_layer: bool = False):
+  """The `salience.source='student'` targets: from the per-layer attention received [L, B, N]
+  (`attention_received` of the student's block-causal pass), the mean attention a token gets per
+  query that may see it (its own chunk and later ones), normalised over the clip; [B, N], or
+  [L, B, N] with per_layer. What the student itself uses, rather than what the teacher finds
+  salient; dividing by the number of queries keeps early tokens from ranking high merely
+  because more queries see them."""
+  n = received.shape[-1]
+  seen_by = n - (jnp.arange(n) // block_tokens) * block_tokens
+  target = normalize_regions(received / seen_by, normalize)
+  return target if per_layer else target.mean(axis=0)
+
+
 def teacher_regions(model, video, label, frame_cond=None, *, block_tokens: int,
                     noise_level: float = 0.0, key=None):
   """Per-layer regions [L, 3, B, N] from the bidirectional teacher on whole clips

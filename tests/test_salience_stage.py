@@ -112,9 +112,11 @@ def test_trained_head_beats_random_on_held_out_recall(frozen_dir, tmp_path):
     export.export(str(tmp_path), str(tmp_path / 'exported'))
 
 
-def test_per_layer_head_trains_on_per_layer_targets(frozen_dir, tmp_path):
+@pytest.mark.parametrize('source', ['teacher', 'student'])
+def test_per_layer_head_trains_on_per_layer_targets(frozen_dir, tmp_path, source):
   cfg = head_config(frozen_dir, total_steps=2, **{'head.per_layer': True,
-                                                 'salience.loss': 'pairwise'})
+                                                 'salience.loss': 'pairwise',
+                                                 'salience.source': source})
   last = loop.train(cfg, str(tmp_path))
   assert np.isfinite(last['loss']) and 0 <= last['eval/recall@0.5/head'] <= 1
 
@@ -123,6 +125,7 @@ def test_per_layer_head_trains_on_per_layer_targets(frozen_dir, tmp_path):
     (dict(teacher=''), 'needs --config.teacher'),
     (dict(student='/nonexistent/student'), 'does not exist'),
     ({'salience.loss': 'l2'}, 'Unknown salience.loss'),
+    ({'salience.source': 'oracle'}, 'Unknown salience.source'),
     (dict(eval_budgets=(0.25, 1.5)), 'eval_budgets'),
     ({'head.feature_layer': 7}, 'feature_layer'),
     ({'model.dim': 48}, 'does not match the model config'),  # a teacher of other shapes

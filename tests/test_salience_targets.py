@@ -80,3 +80,23 @@ def test_attention_received_equals_the_block_causal_matrix(block):
   probs /= probs.sum(-1, keepdims=True)
   np.testing.assert_allclose(salience_targets.attention_received(q, k, block),
                              probs.sum(axis=2).mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_student_targets_are_attention_per_seeing_query():
+  L, b, h, n, d, block = 2, 2, 3, 16, 8, 4
+  q, k = jax.random.normal(jax.random.key(2), (2, L, b, h, n, d))
+  chunk = np.arange(n) // block
+  per_layer = []
+  for layer in range(L):
+    logits = np.einsum('bhqd,bhkd->bhqk', q[layer], k[layer]) / math.sqrt(d)
+    logits = np.where(chunk[None, :] <= chunk[:, None], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    seeing = (chunk[:, None] >= chunk[None, :]).sum(axis=0)  # queries that may see each key
+    mean = probs.sum(axis=2).mean(axis=1) / seeing
+    per_layer.append(mean / mean.max(axis=-1, keepdims=True))
+  received = jax.vmap(lambda q, k: salience_targets.attention_received(q, k, block))(q, k)
+  got = salience_targets.student_targets(received, block, 'max', per_layer=True)
+  np.testing.assert_allclose(got, np.stack(per_layer), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(salience_targets.student_targets(received, block),
+                             np.mean(per_layer, axis=0), rtol=1e-5, atol=1e-6)

@@ -2,7 +2,8 @@
 
 The teacher and the student are frozen; only the head trains. For every clip,
   target   = the teacher's SSE (salience_targets.py): how much each token is attended by queries
-             of earlier, the same and later chunks, the future included;
+             of earlier, the same and later chunks, the future included (salience.source =
+             'student', an ablation: the attention the student's own later queries pay it);
   features = the student's per-token block outputs from the clean block-causal pass, which is
              what the cached rollout's write pass computes (exactly so while nothing is evicted);
 and the head learns to rank the tokens as the target does, with one of LOSSES.
@@ -27,6 +28,7 @@ from pafukv_jax.models.dit import DiTConfig, init_model
 
 LOSSES = ('mse_log', 'smooth_l1', 'listwise', 'pairwise')
 BASELINES = ('h2o', 'window', 'random')
+SOURCES = ('teacher', 'student')  # whose attention the targets come from
 
 
 def check_config(cfg):
@@ -42,6 +44,8 @@ def check_config(cfg):
   if not -num_layers <= cfg.head.feature_layer < num_layers:
     raise ValueError(f'head.feature_layer={cfg.head.feature_layer} is not a layer of the '
                      f'{num_layers}-layer model.')
+  if sc.get('source', 'teacher') not in SOURCES:
+    raise ValueError(f'Unknown salience.source {sc.source!r}; choose one of {SOURCES}.')
   if sc.loss not in LOSSES:
     raise ValueError(f'Unknown salience.loss {sc.loss!r}; choose one of {LOSSES}.')
   if not all(0 < b <= 1 for b in cfg.eval_budgets):
@@ -76,14 +80,17 @@ def make_targets_fn(cfg, teacher_graphdef, student_graphdef):
     cond = batch.get('frame_cond') if student.cfg.frame_cond_dim else None
     b, t = video.shape[:2]
     s = student.cfg.tokens_per_frame
-    regions = salience_targets.teacher_regions(
-        teacher, video, label, cond, block_tokens=f * s, noise_level=sc.noise_level, key=key)
-    target = salience_targets.sse_targets(regions, tuple(sc.weights), sc.normalize,
-                                          cfg.head.per_layer)
     _, (q, k), hidden = student(video, jnp.zeros((b, t)), jnp.arange(t), label, cond,
                                 mode='block_causal', chunk_frames=f, return_qk=True,
                                 return_hidden=True)
     received = jax.vmap(lambda q, k: salience_targets.attention_received(q, k, f * s))(q, k)
+    if sc.get('source', 'teacher') == 'student':
+      target = salience_targets.student_targets(received, f * s, sc.normalize, cfg.head.per_layer)
+    else:
+      regions = salience_targets.teacher_regions(
+          teacher, video, label, cond, block_tokens=f * s, noise_level=sc.noise_level, key=key)
+      target = salience_targets.sse_targets(regions, tuple(sc.weights), sc.normalize,
+                                            cfg.head.per_layer)
     valid = batch.get('valid', jnp.ones((b,), bool))
     return dict(features=jax.lax.stop_gradient(hidden), target=jax.lax.stop_gradient(target),
                 received=received.mean(axis=0), frame=jnp.repeat(jnp.arange(t), s), valid=valid)
