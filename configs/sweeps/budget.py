@@ -17,7 +17,9 @@ def get_config(arg: str = 'small'):
   parts = arg.split(',')
   size = parts[0]
   c = generate_config.get_config(arg if size == 'small' else size)  # small,photo_pan: its demo
-  c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle')
+  # NAME@frame: that policy with cache.granularity='frame' (a frame kept or evicted whole)
+  c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle', 'h2o@frame',
+                'pafu@frame')
   c.budgets = (3, 4, 8)          # cache.budget_frames of each bounded policy (with 1 sink frame
                                  # and the incoming one protected, 2 would leave no choice)
   c.seeds = (0,)                 # noise seeds; each runs every policy and budget

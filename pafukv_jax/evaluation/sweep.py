@@ -30,7 +30,7 @@ import numpy as np
 import tqdm
 
 from pafukv_jax import data, generation, sampling, video_io
-from pafukv_jax.cache.kv_cache import CacheSpec
+from pafukv_jax.cache.kv_cache import GRANULARITIES, CacheSpec
 from pafukv_jax.cache.policies import POLICIES, ROLLOUT_POLICIES, get_policy
 from pafukv_jax.data.pipeline import uint8_to_float
 from pafukv_jax.evaluation import plots, video_metrics
@@ -43,8 +43,17 @@ LABELS = dict(memory_psnr='memory score (PSNR on revisited content, dB)',
               psnr_full='PSNR vs full cache (dB)', ssim_full='SSIM vs full cache')
 
 
+def split_variant(spec):
+  """'pafu@frame' -> ('pafu', 'frame'): a policy run with its own cache.granularity, so one sweep
+  can hold a policy at both granularities; 'pafu' -> ('pafu', None) (the sweep's cache config)."""
+  policy, _, granularity = spec.partition('@')
+  return policy, granularity or None
+
+
 def run_name(policy, budget, seed):
-  return f'{policy}_s{seed}' if not get_policy(policy).bounded else f'{policy}_b{budget}_s{seed}'
+  if not get_policy(split_variant(policy)[0]).bounded:
+    return f'{policy}_s{seed}'
+  return f'{policy}_b{budget}_s{seed}'
 
 
 NAME_LISTS = ('policies', 'side_by_side', 'paired_references')
@@ -62,9 +71,16 @@ def split_name_lists(cfg):
 
 def check_config(cfg):
   """Every error a sweep could meet, before any work."""
-  unknown = [p for p in cfg.policies if p not in ROLLOUT_POLICIES or p == 'recompute']
+  unknown = [p for p in cfg.policies
+              if split_variant(p)[0] not in ROLLOUT_POLICIES or split_variant(p)[0] == 'recompute']
   if unknown:
-    raise ValueError(f'Unknown policies {unknown}; choose from {list(POLICIES)}.')
+    raise ValueError(f'Unknown policies {unknown}; choose from {list(POLICIES)} (optionally with '
+                     f'@GRANULARITY, one of {GRANULARITIES}: pafu@frame).')
+  bad = [p for p in cfg.policies if split_variant(p)[1] not in (None, *GRANULARITIES)
+         or (split_variant(p)[1] and not get_policy(split_variant(p)[0]).bounded)]
+  if bad:
+    raise ValueError(f'{bad}: a policy variant is a bounded policy with @GRANULARITY, one of '
+                     f'{GRANULARITIES} (pafu@frame).')
   if 'full' not in cfg.policies:
     raise ValueError("policies must include 'full': it is the reference of the fidelity metrics.")
   if not 0 < cfg.context_frames < cfg.num_frames:
@@ -81,17 +97,20 @@ def check_config(cfg):
                      f'{cfg.policies}.')
   model_cfg = DiTConfig.from_config(cfg.model)
   generation.rollout_config(cfg)
-  for policy in cfg.policies:
+  for spec in cfg.policies:
+    policy, granularity = split_variant(spec)
     for budget in cfg.budgets:
       cache = cfg.cache.copy_and_resolve_references()
       cache.budget_frames = budget
+      cache.granularity = granularity or cache.granularity
       CacheSpec.from_config(get_policy(policy), cache, num_frames=cfg.num_frames,
                             chunk_frames=cfg.chunk_frames,
                             tokens_per_frame=model_cfg.tokens_per_frame)
   needs = dict(pafu=('head.checkpoint', cfg.head.checkpoint),
                oracle=('oracle.teacher', cfg.oracle.teacher))
+  base_policies = [split_variant(p)[0] for p in cfg.policies]
   for policy, (field, path) in needs.items():
-    if policy in cfg.policies and not (path and os.path.isdir(path)):
+    if policy in base_policies and not (path and os.path.isdir(path)):
       raise FileNotFoundError(f"policy {policy!r} needs --config.{field}=DIR (got {path!r}); "
                               f'or leave {policy!r} out of policies.')
   if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
@@ -148,10 +167,12 @@ class Sweep:
 
   # -- one run --------------------------------------------------------------------------------
 
-  def _sampler(self, policy, budget):
+  def _sampler(self, spec, budget):
+    policy, granularity = split_variant(spec)
     cache = self.cfg.cache.copy_and_resolve_references()
     if budget is not None:  # None: full, whose capacity is the whole video
       cache.budget_frames = budget
+    cache.granularity = granularity or cache.granularity
     if policy == 'pafu' and self._head is None:
       self._head = generation.build_head(self.cfg.head, self.cfg.model)
     return sampling.Sampler(self.model, self.rc, policy, cache,
@@ -161,6 +182,7 @@ class Sweep:
     """Videos [N, T, ...], seconds per generated frame, cache bytes per sample."""
     cfg, clips = self.cfg, self.clips
     sampler = self._sampler(policy, budget)
+    policy = split_variant(policy)[0]
     if policy == 'oracle' and self._oracle is None:
       self._oracle = generation.OracleScores(cfg, self.model, self.rc)
     videos, seconds = [], []
@@ -187,7 +209,8 @@ class Sweep:
         return json.load(f), np.load(path + '.npz')['videos']
     videos, spf, cache_bytes = self._generate(policy, budget, seed, full_videos)
     reference = videos if full_videos is None else full_videos
-    result = dict(policy=policy, budget_frames=budget if get_policy(policy).bounded else None,
+    bounded = get_policy(split_variant(policy)[0]).bounded
+    result = dict(policy=policy, budget_frames=budget if bounded else None,
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
                   **score_run(videos, reference, self.clips, self.cfg.context_frames))
@@ -202,7 +225,7 @@ class Sweep:
     os.makedirs(self.runs_dir, exist_ok=True)
     with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
-    bounded = [p for p in cfg.policies if get_policy(p).bounded]
+    bounded = [p for p in cfg.policies if get_policy(split_variant(p)[0]).bounded]
     todo = [(p, b, s) for s in cfg.seeds for p in bounded for b in cfg.budgets]
     results, compare = [], {}
     with tqdm.tqdm(total=len(todo) + len(cfg.seeds), desc='sweep', unit='run', disable=None) as bar:
@@ -298,8 +321,9 @@ def aggregate(results):
     for key in ('seconds_per_frame', 'frames_per_second', 'cache_bytes_per_sample'):
       row[key] = float(np.mean([r[key] for r in runs]))
     rows.append(row)
-  order = {p: i for i, p in enumerate(POLICIES)}
-  return sorted(rows, key=lambda r: (order[r['policy']], r['budget_frames'] or 0))
+  order = {p: i for i, p in enumerate(POLICIES)}  # variants (pafu@frame) after their policy
+  return sorted(rows, key=lambda r: (order[split_variant(r['policy'])[0]], r['policy'],
+                                     r['budget_frames'] or 0))
 
 
 def paired_memory(results, references):
@@ -326,7 +350,8 @@ def paired_memory(results, references):
                          stderr_db=float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None,
                          clips=int(d.size), share_better=float(np.mean(d > 0))))
   order = {p: i for i, p in enumerate(POLICIES)}
-  return sorted(rows, key=lambda r: (order[r['policy']], r['budget_frames'], r['reference']))
+  return sorted(rows, key=lambda r: (order[split_variant(r['policy'])[0]], r['policy'],
+                                     r['budget_frames'], r['reference']))
 
 
 def _nan(x):
