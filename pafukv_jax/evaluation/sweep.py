@@ -56,6 +56,17 @@ def run_name(policy, budget, seed):
   return f'{policy}_b{budget}_s{seed}'
 
 
+def cache_config(cfg, spec, budget):
+  """(policy name, its cache config) for a run: the sweep's cache at `budget` frames (None: full,
+  whose capacity is the whole video), with the variant's granularity if it names one."""
+  policy, granularity = split_variant(spec)
+  cache = cfg.cache.copy_and_resolve_references()
+  if budget is not None:
+    cache.budget_frames = budget
+  cache.granularity = granularity or cache.granularity
+  return policy, cache
+
+
 NAME_LISTS = ('policies', 'side_by_side', 'paired_references')
 
 
@@ -98,11 +109,8 @@ def check_config(cfg):
   model_cfg = DiTConfig.from_config(cfg.model)
   generation.rollout_config(cfg)
   for spec in cfg.policies:
-    policy, granularity = split_variant(spec)
     for budget in cfg.budgets:
-      cache = cfg.cache.copy_and_resolve_references()
-      cache.budget_frames = budget
-      cache.granularity = granularity or cache.granularity
+      policy, cache = cache_config(cfg, spec, budget)
       CacheSpec.from_config(get_policy(policy), cache, num_frames=cfg.num_frames,
                             chunk_frames=cfg.chunk_frames,
                             tokens_per_frame=model_cfg.tokens_per_frame)
@@ -168,11 +176,7 @@ class Sweep:
   # -- one run --------------------------------------------------------------------------------
 
   def _sampler(self, spec, budget):
-    policy, granularity = split_variant(spec)
-    cache = self.cfg.cache.copy_and_resolve_references()
-    if budget is not None:  # None: full, whose capacity is the whole video
-      cache.budget_frames = budget
-    cache.granularity = granularity or cache.granularity
+    policy, cache = cache_config(self.cfg, spec, budget)
     if policy == 'pafu' and self._head is None:
       self._head = generation.build_head(self.cfg.head, self.cfg.model)
     return sampling.Sampler(self.model, self.rc, policy, cache,
@@ -321,9 +325,7 @@ def aggregate(results):
     for key in ('seconds_per_frame', 'frames_per_second', 'cache_bytes_per_sample'):
       row[key] = float(np.mean([r[key] for r in runs]))
     rows.append(row)
-  order = {p: i for i, p in enumerate(POLICIES)}  # variants (pafu@frame) after their policy
-  return sorted(rows, key=lambda r: (order[split_variant(r['policy'])[0]], r['policy'],
-                                     r['budget_frames'] or 0))
+  return sorted(rows, key=lambda r: (*_policy_order(r['policy']), r['budget_frames'] or 0))
 
 
 def paired_memory(results, references):
@@ -349,9 +351,13 @@ def paired_memory(results, references):
                          memory_gain_db=float(d.mean()),
                          stderr_db=float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None,
                          clips=int(d.size), share_better=float(np.mean(d > 0))))
-  order = {p: i for i, p in enumerate(POLICIES)}
-  return sorted(rows, key=lambda r: (order[split_variant(r['policy'])[0]], r['policy'],
-                                     r['budget_frames'], r['reference']))
+  return sorted(rows, key=lambda r: (*_policy_order(r['policy']), r['budget_frames'],
+                                     r['reference']))
+
+
+def _policy_order(spec):
+  """Rows in the order of POLICIES, a variant (pafu@frame) after its policy."""
+  return list(POLICIES).index(split_variant(spec)[0]), spec
 
 
 def _nan(x):
