@@ -2,6 +2,9 @@
 model that is exactly right."""
 
 import math
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -56,3 +59,13 @@ def test_bad_frame():
   model = init_model(DiTConfig.from_config(common.model_config('tiny')), 0)
   with pytest.raises(ValueError, match='frame must be in'):
     one_step.one_step_psnr(model, _clips(), jnp.zeros(3, jnp.int32), None, frame=0)
+
+
+def test_command_line_errors_before_any_work():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for flag, message in (('--frame=16', '--frame must be in [1, 16)'),
+                        ('--config.checkpoint=/nonexistent', 'does not exist')):
+    out = subprocess.run([sys.executable, '-m', 'pafukv_jax.evaluation.one_step', flag],
+                         cwd=repo, capture_output=True, text=True)
+    assert out.returncode != 0 and 'one_step: error: ' in out.stderr and message in out.stderr, \
+        out.stderr[-1000:]

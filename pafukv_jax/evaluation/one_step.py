@@ -62,8 +62,14 @@ def main(argv):
   cfg = flags.FLAGS.config
   if not cfg.checkpoint:
     sys.exit('one_step: error: give the student, --config.checkpoint=DIR.')
-  model = generation.build_model(cfg)
-  clips = sweep.load_clips(cfg)
+  if not 0 < flags.FLAGS.frame < cfg.num_frames:
+    sys.exit(f'one_step: error: --frame must be in [1, {cfg.num_frames}) to have context before '
+             f'it, got {flags.FLAGS.frame}.')
+  try:  # bad input: say what, not where (as evaluate.py)
+    model = generation.build_model(cfg)
+    clips = sweep.load_clips(cfg)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'one_step: error: {e}')
   cond = jnp.asarray(clips['frame_cond'], jnp.float32) if model.cfg.frame_cond_dim else None
   r = one_step_psnr(model, clips['video'], jnp.asarray(clips['label'], jnp.int32), cond,
                     flags.FLAGS.frame)
