@@ -147,7 +147,19 @@ def test_split_name_lists():
   sweep.split_name_lists(cfg)
   assert cfg.policies == ('full', 'window', 'h2o')
   assert cfg.side_by_side == ('ground_truth', 'full')
-  assert cfg.paired_references == budget_config.get_config('tiny').paired_references
+  # 'auto' (the default) keeps the listed references that the sweep runs, in their order
+  assert cfg.paired_references == ('window', 'h2o')
+
+
+def test_auto_names_follow_the_policies():
+  cfg = budget_config.get_config('small')
+  cfg.policies = ('full,window',)
+  sweep.split_name_lists(cfg)
+  assert cfg.side_by_side == ('ground_truth', 'full', 'window')
+  assert cfg.paired_references == ('window',)
+  cfg = sweep.split_name_lists(budget_config.get_config('small'))  # every policy: all named
+  assert cfg.side_by_side == sweep.AUTO_NAMES['side_by_side']
+  assert cfg.paired_references == sweep.AUTO_NAMES['paired_references']
 
 
 def test_command_line_error(tmp_path):

@@ -24,8 +24,11 @@ def get_config(arg: str = 'small'):
                                  # and the incoming one protected, 2 would leave no choice)
   c.seeds = (0,)                 # noise seeds; each runs every policy and budget
   c.compare_budget = 4           # budget of the per-frame curves and side-by-side videos
-  c.paired_references = ('window', 'sink_window', 'h2o')  # paired.csv: gains over these
-  c.side_by_side = ('ground_truth', 'full', 'window', 'sink_window', 'pafu')
+  # paired.csv: memory score gains over these; 'auto': those of window, sink_window, h2o swept
+  c.paired_references = ('auto',)
+  # panels of the side-by-side videos; 'auto': ground_truth and those of full, window,
+  # sink_window, pafu swept (so --config.policies=full,window needs no other flag)
+  c.side_by_side = ('auto',)
   c.num_videos = 4               # side-by-side videos written (first clips)
   c.num_clips = 32               # held-out clips continued
   c.batch_size = 8
@@ -43,5 +46,4 @@ def get_config(arg: str = 'small'):
     c.batch_size = 2
     c.num_videos = 1
     c.policies = ('full', 'window', 'sink_window', 'h2o', 'random')
-    c.side_by_side = ('ground_truth', 'full', 'window')
   return c

@@ -68,15 +68,24 @@ def cache_config(cfg, spec, budget):
 
 
 NAME_LISTS = ('policies', 'side_by_side', 'paired_references')
+AUTO = 'auto'
+# what side_by_side / paired_references = 'auto' become: these, less the policies not swept
+AUTO_NAMES = dict(side_by_side=(GROUND_TRUTH, 'full', 'window', 'sink_window', 'pafu'),
+                  paired_references=('window', 'sink_window', 'h2o'))
 
 
 def split_name_lists(cfg):
   """`--config.policies=full,window` arrives as ('full,window',) (ml_collections parses numbers
-  separated by commas as tuples, but not words): split such entries at the commas."""
+  separated by commas as tuples, but not words): split such entries at the commas. Then resolve
+  'auto' in side_by_side and paired_references (see AUTO_NAMES), so that
+  `--config.policies=full,window` needs no other flag; names given explicitly are checked."""
   with cfg.unlocked():
     for field in NAME_LISTS:
       cfg[field] = tuple(n.strip() for entry in cfg[field] for n in str(entry).split(',')
                          if n.strip())
+    for field, names in AUTO_NAMES.items():
+      if cfg[field] == (AUTO,):
+        cfg[field] = tuple(n for n in names if n == GROUND_TRUTH or n in cfg.policies)
   return cfg
 
 
