@@ -7,11 +7,15 @@
 weights when the run kept them), so generation and later stages take either.
 """
 
+import dataclasses
+import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from pafukv_jax.models.dit import DiTConfig
 
 
 def save_params(path: str, model: nnx.Module) -> None:
@@ -44,6 +48,35 @@ def check_shapes(saved_tree, expected_tree, what: str) -> None:
                      f'check the model.* fields:\n  {shown}')
 
 
+# DiTConfig fields that change what the weights compute without changing their shapes (or that
+# the shape check alone would report less clearly); attention_impl, dtype, scan_layers and
+# cache_block_size are how to run the model and may differ from the run that trained it.
+MODEL_FIELDS = ('image_size', 'channels', 'patch_size', 'dim', 'ffn_dim', 'num_heads',
+                'num_layers', 'freq_dim', 'cond_dim', 'num_cond_tokens', 'num_classes',
+                'frame_cond_dim', 'frame_cond_scale', 'eps', 'rope_theta')
+
+
+def check_model_config(path: str, model_cfg) -> None:
+  """Raises a ValueError if `path/config.json` (written by the training run, kept by export.py)
+  trained a model whose MODEL_FIELDS differ from `model_cfg` (a DiTConfig). A field the saved
+  config lacks takes DiTConfig's default, as it did when that run trained."""
+  saved_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(saved_path):
+    return
+  with open(saved_path) as f:
+    saved = json.load(f).get('model')
+  if not saved:
+    return
+  defaults = {f.name: f.default for f in dataclasses.fields(model_cfg)}
+  norm = lambda v: tuple(v) if isinstance(v, list) else v
+  diffs = [f'model.{k}: checkpoint {norm(saved.get(k, defaults[k]))!r} vs config '
+           f'{getattr(model_cfg, k)!r}' for k in MODEL_FIELDS
+           if norm(saved.get(k, defaults[k])) != getattr(model_cfg, k)]
+  if diffs:
+    raise ValueError(f'checkpoint {path} was trained with another model config; set these '
+                     'fields as it had them:\n  ' + '\n  '.join(diffs))
+
+
 def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(
       a, 'sharding', None)), tree)
@@ -57,6 +90,8 @@ def load_params(path: str, model: nnx.Module) -> nnx.Module:
     raise FileNotFoundError(f'checkpoint {path} does not exist (set --config.checkpoint to a '
                             'directory written by save_params or a training workdir, or leave '
                             'it empty for random weights).')
+  if isinstance(getattr(model, 'cfg', None), DiTConfig):
+    check_model_config(path, model.cfg)
   state = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(state)
   if os.path.isdir(os.path.join(path, TrainCheckpoints.SUBDIR)):

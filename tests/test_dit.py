@@ -93,6 +93,18 @@ def test_frame_condition_is_used():
     model(video, times, frames, label)
 
 
+def test_frame_cond_scale_multiplies_the_condition():
+  # the same weights: scale s on cond c computes what scale 1 does on s * c
+  scaled = tiny_model(frame_cond_dim=2, frame_cond_scale=0.125)
+  plain = tiny_model(frame_cond_dim=2)
+  video, times, frames, label = _inputs(scaled.cfg)
+  cond = jax.random.normal(jax.random.key(1), (2, 6, 2)) * 8
+  np.testing.assert_allclose(scaled(video, times, frames, label, cond),
+                             plain(video, times, frames, label, cond * 0.125), rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(scaled(video, times, frames, label, cond)
+                                - plain(video, times, frames, label, cond)))) > 1e-3
+
+
 def test_parameters_carry_logical_axes():
   model = tiny_model()
   from flax import nnx

@@ -103,6 +103,22 @@ def test_checkpoint_round_trip_and_shape_check(tmp_path):
     checkpoints.save_params(str(tmp_path / 'ckpt'), init_model(DiTConfig.from_config(cfg.model)))
 
 
+def test_checkpoint_of_another_model_config_is_refused(tmp_path):
+  # frame_cond_scale and rope_theta change no shape: the run's config.json tells them apart
+  import json
+  cfg = tiny_config()
+  checkpoints.save_params(str(tmp_path / 'ckpt'), init_model(DiTConfig.from_config(cfg.model)))
+  saved = cfg.model.to_dict()
+  del saved['frame_cond_scale']  # a config.json from before the field: it means the default, 1
+  (tmp_path / 'ckpt' / 'config.json').write_text(json.dumps({'model': saved}))
+  generation.generate(tiny_config(checkpoint=str(tmp_path / 'ckpt')), str(tmp_path / 'ok'))
+  for field, value in (('frame_cond_scale', 0.5), ('rope_theta', 500.0)):
+    with pytest.raises(ValueError, match=rf'another model config[\s\S]*model.{field}: checkpoint'):
+      generation.generate(tiny_config(checkpoint=str(tmp_path / 'ckpt'), **{f'model.{field}': value}),
+                          str(tmp_path / 'bad'))
+  assert not (tmp_path / 'bad').exists()
+
+
 def test_context_from_npz(tmp_path):
   ctx = np.random.default_rng(0).uniform(-1, 1, (2, 2, 16, 16, 3)).astype(np.float32)
   np.savez(tmp_path / 'ctx.npz', videos=ctx)

@@ -42,6 +42,9 @@ class DiTConfig:
   num_cond_tokens: int = 4
   num_classes: int = 10
   frame_cond_dim: int = 0
+  # frame_cond is multiplied by this before its (linear) embedding, which is added to the time
+  # embedding: values far above 1 (camera motion in pixels) drown the noise level there
+  frame_cond_scale: float = 1.0
   eps: float = 1e-6
   rope_theta: float = 10000.0
   dtype: str = 'float32'
@@ -226,7 +229,7 @@ class VideoDiT(nnx.Module):
     if self.cfg.frame_cond_dim:
       if frame_cond is None:
         raise ValueError('This model has frame_cond_dim > 0: pass frame_cond [B, T, frame_cond_dim].')
-      e = e + self.frame_cond_embedding(frame_cond.astype(e.dtype))
+      e = e + self.frame_cond_embedding(frame_cond.astype(e.dtype) * self.cfg.frame_cond_scale)
     e0 = self.time_projection(jax.nn.silu(e))
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
