@@ -7,12 +7,26 @@ trained on occluded_objects; `small,photo_pan` is the one in demo/photo_pan/. `t
 random weights (tests, smoke runs and speed) unless --config.checkpoint is set.
 """
 
+import json
+import os
+
 import ml_collections
 
 from configs import common
+from pafukv_jax.checkpoints import MODEL_FIELDS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 DEMOS = {'occluded_objects': 'demo', 'photo_pan': 'demo/photo_pan'}  # dataset -> demo directory
+
+
+def demo_model_fields(demo: str) -> dict:
+  """The model fields (checkpoints.MODEL_FIELDS) the demo's student was trained with, from its
+  config.json: frame_cond_dim, frame_cond_scale (a field a config.json lacks keeps its default)."""
+  with open(os.path.join(REPO, demo, 'student', 'config.json')) as f:
+    saved = json.load(f)['model']
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in MODEL_FIELDS}
 
 
 def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
@@ -67,7 +81,7 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
   c.model = common.model_config(size)
   if size == 'small':  # a demo model, trained by the commands in demo/README.md
     c.num_frames = 16           # as it was trained
-    c.model.frame_cond_dim = 2  # the procedural datasets' camera motion
+    c.model.update(demo_model_fields(demo))
     c.checkpoint = f'{demo}/student'
     c.head.checkpoint = f'{demo}/head'
     c.oracle.teacher = f'{demo}/teacher'

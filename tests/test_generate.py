@@ -190,7 +190,7 @@ def test_demo_configs_point_at_shipped_models_of_their_dataset(arg, dataset):
         trained = json.load(f)
       assert trained['data']['dataset'] == dataset, path
       if trained['stage'] != 'salience':  # the head's config holds its own model fields
-        assert trained['model']['dim'] == cfg.model.dim, path
+        checkpoints.check_model_config(os.path.join(REPO, path), DiTConfig.from_config(cfg.model))
   assert budget.get_config(arg).data.dataset == dataset
   with pytest.raises(ValueError, match='goes with size small'):
     generate_config.get_config('base,photo_pan')
