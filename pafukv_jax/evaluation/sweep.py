@@ -50,8 +50,13 @@ def split_variant(spec):
   return policy, granularity or None
 
 
+def is_bounded(spec):
+  """Whether the policy of `spec` (pafu, pafu@frame) has a cache budget (all but full)."""
+  return get_policy(split_variant(spec)[0]).bounded
+
+
 def run_name(policy, budget, seed):
-  if not get_policy(split_variant(policy)[0]).bounded:
+  if not is_bounded(policy):
     return f'{policy}_s{seed}'
   return f'{policy}_b{budget}_s{seed}'
 
@@ -97,7 +102,7 @@ def check_config(cfg):
     raise ValueError(f'Unknown policies {unknown}; choose from {list(POLICIES)} (optionally with '
                      f'@GRANULARITY, one of {GRANULARITIES}: pafu@frame).')
   bad = [p for p in cfg.policies if split_variant(p)[1] not in (None, *GRANULARITIES)
-         or (split_variant(p)[1] and not get_policy(split_variant(p)[0]).bounded)]
+         or (split_variant(p)[1] and not is_bounded(p))]
   if bad:
     raise ValueError(f'{bad}: a policy variant is a bounded policy with @GRANULARITY, one of '
                      f'{GRANULARITIES} (pafu@frame).')
@@ -222,8 +227,7 @@ class Sweep:
         return json.load(f), np.load(path + '.npz')['videos']
     videos, spf, cache_bytes = self._generate(policy, budget, seed, full_videos)
     reference = videos if full_videos is None else full_videos
-    bounded = get_policy(split_variant(policy)[0]).bounded
-    result = dict(policy=policy, budget_frames=budget if bounded else None,
+    result = dict(policy=policy, budget_frames=budget if is_bounded(policy) else None,
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
                   **score_run(videos, reference, self.clips, self.cfg.context_frames))
@@ -238,7 +242,7 @@ class Sweep:
     os.makedirs(self.runs_dir, exist_ok=True)
     with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
-    bounded = [p for p in cfg.policies if get_policy(split_variant(p)[0]).bounded]
+    bounded = [p for p in cfg.policies if is_bounded(p)]
     todo = [(p, b, s) for s in cfg.seeds for p in bounded for b in cfg.budgets]
     results, compare = [], {}
     with tqdm.tqdm(total=len(todo) + len(cfg.seeds), desc='sweep', unit='run', disable=None) as bar:
