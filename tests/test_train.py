@@ -157,8 +157,20 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_
 
 def test_resuming_with_another_model_is_refused(tmp_path, data_dir):
   loop.train(stage_config('teacher', data_dir, total_steps=3), str(tmp_path))
-  with pytest.raises(ValueError, match='holds a run with other model'):
+  with pytest.raises(ValueError, match=r'holds a run with other model\.dim \(saved 32, now 48\)'):
     loop.train(stage_config('teacher', data_dir, **{'model.dim': 48}), str(tmp_path))
+
+
+def test_a_run_saved_before_a_model_field_existed_resumes_at_its_default(tmp_path, data_dir):
+  # config.json of a run from before frame_cond_scale existed: that run had the default, 1
+  saved = json.loads(stage_config('teacher', data_dir).to_json())
+  del saved['model']['frame_cond_scale']
+  json.dump(saved, open(tmp_path / 'config.json', 'w'))
+  loop.check_config(stage_config('teacher', data_dir, **{'model.frame_cond_scale': 1.0}),
+                    str(tmp_path))
+  with pytest.raises(ValueError, match=r'model\.frame_cond_scale \(saved 1\.0, now 0\.5\)'):
+    loop.check_config(stage_config('teacher', data_dir, **{'model.frame_cond_scale': 0.5}),
+                      str(tmp_path))
 
 
 def test_student_starts_from_the_teacher_and_generate_reads_a_workdir(tmp_path, data_dir):

@@ -5,6 +5,7 @@ A workdir holding checkpoints resumes from its latest step, onto whatever mesh t
 data at step s is a function of the seed and s, so a resumed run equals an uninterrupted one.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,12 @@ def _get(cfg, dotted):
   return json.loads(json.dumps(value))
 
 
+def _frozen(cfg, field):
+  if field == 'model':  # every DiTConfig field: one added after a run was saved had its default
+    return json.loads(json.dumps(dataclasses.asdict(DiTConfig.from_config(cfg.model))))
+  return _get(cfg, field)
+
+
 def check_config(cfg, workdir):
   """Validates cfg and, for a workdir with a saved config, that it means the same run."""
   if cfg.stage not in steps.STAGES:
@@ -57,7 +64,13 @@ def check_config(cfg, workdir):
   if os.path.exists(saved_path):
     with open(saved_path) as f:
       saved = ml_collections.ConfigDict(json.load(f))
-    diffs = [k for k in FROZEN_FIELDS if _get(saved, k) != _get(cfg, k)]
+    diffs = []
+    for k in FROZEN_FIELDS:
+      a, b = _frozen(saved, k), _frozen(cfg, k)
+      if k == 'model':
+        diffs += [f'model.{f} (saved {a[f]!r}, now {b[f]!r})' for f in a if a[f] != b[f]]
+      elif a != b:
+        diffs.append(f'{k} (saved {a!r}, now {b!r})')
     if diffs:
       raise ValueError(f'{workdir} holds a run with other {", ".join(diffs)}: resume it with its '
                        f'own config ({saved_path}) or start a new --workdir.')
