@@ -3,7 +3,8 @@
 python generate.py --config=configs/generate.py[:SIZE] --workdir=DIR [--config.policy=window ...]
 
 The default size, `small`, is the demo model shipped in demo/ (student, salience head, teacher),
-trained on occluded_objects; `small,photo_pan` is the one in demo/photo_pan/. `tiny` and `base` run
+trained on occluded_objects; `small,photo_pan` is the one in demo/photo_pan/. Both continue the
+first clips of their dataset's test split (context='test', 4 frames). `tiny` and `base` run
 random weights (tests, smoke runs and speed) unless --config.checkpoint is set.
 """
 
@@ -13,6 +14,7 @@ import os
 import ml_collections
 
 from configs import common
+from configs import data
 from pafukv_jax.checkpoints import MODEL_FIELDS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +44,9 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
   c.num_frames = 32             # frames per video, context included
   c.chunk_frames = 1            # frames generated per chunk (as the student was trained)
   c.context_frames = 0          # given frames prefilled into the cache (from `context`)
-  c.context = ''                # .npz with `videos` [N, >=context_frames, H, W, C] (and `frame_cond`)
+  c.context = ''                # .npz with `videos` [N, >=context_frames, H, W, C] (and `frame_cond`),
+                                # or 'test' / 'train': the first num_samples clips of that split of
+                                # `data` (their camera motion too, for a model with frame_cond)
   c.num_samples = 4
   c.batch_size = 4              # samples generated together; the last batch is padded
   c.seed = 0                    # noise and labels; sample i of a seed is the same in any batch
@@ -79,8 +83,13 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
   c.video.scale = 4             # nearest-neighbour upscaling of the written GIFs
 
   c.model = common.model_config(size)
+  c.data = data.get_config(','.join(['tiny' if size == 'tiny' else 'base', *dataset]))
   if size == 'small':  # a demo model, trained by the commands in demo/README.md
     c.num_frames = 16           # as it was trained
+    # it continues held-out clips: from scratch (context='', context_frames=0) its first frame,
+    # drawn from noise alone, is already noise-like, and the rest follows it (demo/README.md)
+    c.context = 'test'
+    c.context_frames = 4
     c.model.update(demo_model_fields(demo))
     c.checkpoint = f'{demo}/student'
     c.head.checkpoint = f'{demo}/head'
@@ -91,4 +100,5 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
     c.batch_size = 2
     c.cache.budget_frames = 3
     c.video.scale = 2
+  c.data.num_frames = c.num_frames
   return c

@@ -42,21 +42,46 @@ def check_workdir(workdir: str, overwrite: bool) -> None:
         '--overwrite to replace them (they are replaced only once the new run has finished).')
 
 
+CONTEXT_SPLITS = ('test', 'train')  # config.context naming a split of config.data
+
+
+def dataset_context(data_cfg, split: str, num_clips: int, num_frames: int) -> dict:
+  """The first num_clips clips (fewer if the split is smaller) of a split of `data_cfg`:
+  {'videos': [N, num_frames, H, W, C] in [-1, 1], 'frame_cond': [N, num_frames, D], 'labels': [N]}."""
+  from pafukv_jax import data  # tensorflow_datasets is imported only when a dataset is read
+  if data_cfg.num_frames < num_frames:
+    raise ValueError(f'config.context={split!r}: data.num_frames={data_cfg.num_frames} is shorter '
+                     f'than num_frames={num_frames}; set --config.data.num_frames={num_frames}.')
+  source = data.open_source(data_cfg, split)
+  rows = [source[i] for i in range(min(num_clips, len(source)))]
+  return dict(
+      videos=data.uint8_to_float(np.stack([np.asarray(r['video'])[:num_frames] for r in rows])),
+      frame_cond=np.stack([np.asarray(r['frame_cond'])[:num_frames] for r in rows]),
+      labels=np.stack([np.asarray(r['label']) for r in rows]).astype(np.int32))
+
+
 def load_context(cfg, model_cfg: DiTConfig):
-  """(videos [N, context_frames, H, W, C], frame_cond [N, T, D] or None) from cfg.context."""
+  """(videos [N, context_frames, H, W, C], frame_cond [N, T, D], labels [N]; each or None) from
+  cfg.context: an .npz file, or 'test' / 'train', the first num_samples clips of that split of
+  cfg.data (whose labels then label the samples)."""
   need_cond = model_cfg.frame_cond_dim > 0
   if not cfg.context_frames and not need_cond:
-    return None, None
+    return None, None, None
   if need_cond and not cfg.context and not cfg.context_frames:
     logging.warning('No config.context with `frame_cond`: generating with a static camera '
                     '(frame_cond = 0).')
-    return None, np.zeros((1, cfg.num_frames, model_cfg.frame_cond_dim), np.float32)
+    return None, np.zeros((1, cfg.num_frames, model_cfg.frame_cond_dim), np.float32), None
   if not cfg.context:
     raise ValueError('config.context must name an .npz file with `videos` (and `frame_cond` for '
-                     'a model with frame_cond_dim > 0) when context_frames > 0 or frame_cond_dim > 0.')
-  if not os.path.isfile(cfg.context):
-    raise FileNotFoundError(f'config.context file {cfg.context} does not exist.')
-  data = np.load(cfg.context)
+                     f'a model with frame_cond_dim > 0), or a split {CONTEXT_SPLITS} of config.data, '
+                     'when context_frames > 0 or frame_cond_dim > 0.')
+  if cfg.context in CONTEXT_SPLITS:
+    data = dataset_context(cfg.data, cfg.context, cfg.num_samples, cfg.num_frames)
+  elif not os.path.isfile(cfg.context):
+    raise FileNotFoundError(f'config.context file {cfg.context} does not exist (give an .npz file '
+                            f'or a split {CONTEXT_SPLITS} of config.data).')
+  else:
+    data = np.load(cfg.context)
   frame_shape = (*model_cfg.image_size, model_cfg.channels)
   videos = data['videos'] if 'videos' in data else None
   if cfg.context_frames:
@@ -74,10 +99,13 @@ def load_context(cfg, model_cfg: DiTConfig):
       raise ValueError(f'{cfg.context}: `frame_cond` must be [N, {want[0]}, {want[1]}], '
                        f'got {None if cond is None else cond.shape}.')
     cond = cond.astype(np.float32)
-  return (videos if cfg.context_frames else None), cond
+  labels = data['labels'] if cfg.context in CONTEXT_SPLITS else None
+  return (videos if cfg.context_frames else None), cond, labels
 
 
-def sample_labels(cfg, model_cfg: DiTConfig) -> np.ndarray:
+def sample_labels(cfg, model_cfg: DiTConfig, context_labels=None) -> np.ndarray:
+  """config.label for every sample; else (a class-conditional model) the context clips' labels;
+  else drawn from the seed."""
   if cfg.label >= 0:
     if cfg.label > model_cfg.num_classes:
       raise ValueError(f'config.label={cfg.label} is outside [0, {model_cfg.num_classes}] '
@@ -85,6 +113,8 @@ def sample_labels(cfg, model_cfg: DiTConfig) -> np.ndarray:
     return np.full(cfg.num_samples, cfg.label, np.int32)
   if model_cfg.num_classes == 0:
     return np.zeros(cfg.num_samples, np.int32)
+  if context_labels is not None:
+    return context_labels[np.arange(cfg.num_samples) % len(context_labels)]
   return np.random.default_rng(cfg.seed).integers(0, model_cfg.num_classes, cfg.num_samples,
                                                   dtype=np.int32)
 
@@ -157,8 +187,8 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
     CacheSpec.from_config(get_policy(cfg.policy), cfg.cache, num_frames=rc.num_frames,
                           chunk_frames=rc.chunk_frames, tokens_per_frame=model_cfg.tokens_per_frame)
   check_workdir(workdir, overwrite)
-  context, frame_cond = load_context(cfg, model_cfg)
-  labels = sample_labels(cfg, model_cfg)
+  context, frame_cond, context_labels = load_context(cfg, model_cfg)
+  labels = sample_labels(cfg, model_cfg, context_labels)
   model = build_model(cfg)
   head = build_head(cfg.head, cfg.model) if cfg.policy == 'pafu' else None
   sampler = sampling.Sampler(model, rc, cfg.policy, cfg.cache, head=head)

@@ -128,6 +128,31 @@ def test_context_from_npz(tmp_path):
   np.testing.assert_allclose(videos[:, :2], ctx, atol=1e-6)
 
 
+def test_context_from_a_dataset_split(tmp_path):
+  from pafukv_jax import data
+  cfg = tiny_config(context='test', context_frames=2, policy='full', num_samples=3,
+                    **{'data.data_dir': str(tmp_path / 'tfds')})
+  generation.generate(cfg, str(tmp_path / 'out'))
+  clips = [data.open_source(cfg.data, 'test')[i] for i in range(3)]
+  videos = np.load(tmp_path / 'out' / 'samples.npz')['videos']
+  for video, clip in zip(videos, clips):  # the given frames are the clips' own, as [-1, 1] floats
+    np.testing.assert_allclose(video[:2], clip['video'][:2] / 127.5 - 1.0, atol=1e-6)
+  manifest = json.loads((tmp_path / 'out' / 'manifest.json').read_text())
+  assert [m['label'] for m in manifest] == [int(c['label']) for c in clips]
+  assert [m['context'] for m in manifest] == [0, 1, 2]
+  # a frame-conditioned model takes the clips' camera motion: as if given in an .npz
+  cond = np.stack([c['frame_cond'][:4] for c in clips]).astype(np.float32)
+  np.savez(tmp_path / 'cond.npz', frame_cond=cond)
+  for name, context in (('split', 'test'), ('npz', str(tmp_path / 'cond.npz'))):
+    generation.generate(override(cfg, context=context, context_frames=0,
+                                 **{'model.frame_cond_dim': 2, 'label': 1}), str(tmp_path / name))
+  load = lambda d: np.load(tmp_path / d / 'samples.npz')['videos']
+  np.testing.assert_array_equal(load('split'), load('npz'))
+  with pytest.raises(ValueError, match=r'data\.num_frames=8 is shorter than num_frames=12'):
+    generation.generate(tiny_config(context='test', context_frames=2, num_frames=12),
+                        str(tmp_path / 'long'))
+
+
 def test_command_line(tmp_path):
   run = lambda *flags: subprocess.run(
       [sys.executable, 'generate.py', '--config=configs/generate.py:tiny', *flags],
