@@ -13,8 +13,7 @@ from configs import generate as generate_config
 
 def get_config(arg: str = 'small'):
   """arg: 'small' (the demo model), 'tiny' (tests), optionally ',photo_pan' for that dataset."""
-  parts = arg.split(',')
-  size = parts[0]
+  size = arg.split(',')[0]
   c = generate_config.get_config(arg if size == 'small' else size)  # small,photo_pan: its demo
   # NAME@frame: that policy with cache.granularity='frame' (a frame kept or evicted whole)
   c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle', 'h2o@frame',
