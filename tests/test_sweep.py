@@ -33,15 +33,16 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('tfds')
 
 
-@pytest.fixture(scope='module')
-def done(tmp_path_factory, data_dir):
-  workdir = tmp_path_factory.mktemp('sweep')
+def test_one_sweep_scores_reports_and_resumes(tmp_path, data_dir):
+  # one test, so that pytest-xdist's two workers do not each run the sweep
+  workdir = tmp_path / 'sweep'
   rows = sweep.Sweep(sweep_config(data_dir), str(workdir)).run()
-  return workdir, rows
+  _check_scores_match_numpy_on_the_saved_videos(workdir, rows, data_dir)
+  _check_report(workdir, rows)
+  _check_resumes_only_the_missing_runs(workdir, rows, data_dir)  # last: it re-runs h2o
 
 
-def test_scores_match_numpy_on_the_saved_videos(done, data_dir):
-  workdir, rows = done
+def _check_scores_match_numpy_on_the_saved_videos(workdir, rows, data_dir):
   cfg = sweep_config(data_dir)
   clips = sweep.load_clips(cfg)
   c = cfg.context_frames
@@ -64,8 +65,7 @@ def test_scores_match_numpy_on_the_saved_videos(done, data_dir):
       'ssim_full'] > 0.999
 
 
-def test_report(done, data_dir):
-  workdir, rows = done
+def _check_report(workdir, rows):
   with open(workdir / 'results.csv') as f:
     table = list(csv.DictReader(f))
   assert [(r['policy'], r['budget_frames']) for r in table] == [
@@ -90,8 +90,7 @@ def test_report(done, data_dir):
   assert gif.n_frames == 8 and gif.size[0] > 3 * 16 * 2  # three labelled panels, upscaled x2
 
 
-def test_resumes_only_the_missing_runs(done, data_dir):
-  workdir, rows = done
+def _check_resumes_only_the_missing_runs(workdir, rows, data_dir):
   runs = workdir / 'runs'
   kept = os.path.getmtime(runs / 'window_b2_s0.npz')
   os.remove(runs / 'h2o_b2_s0.json')
