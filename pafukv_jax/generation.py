@@ -47,17 +47,17 @@ CONTEXT_SPLITS = ('test', 'train')  # config.context naming a split of config.da
 
 def dataset_context(data_cfg, split: str, num_clips: int, num_frames: int) -> dict:
   """The first num_clips clips (fewer if the split is smaller) of a split of `data_cfg`:
-  {'videos': [N, num_frames, H, W, C] in [-1, 1], 'frame_cond': [N, num_frames, D], 'labels': [N]}."""
+  {'videos': [N, num_frames, H, W, C] in [-1, 1], 'labels': [N], and 'frame_cond':
+  [N, num_frames, D] where the dataset has it}."""
   from pafukv_jax import data  # tensorflow_datasets is imported only when a dataset is read
   if data_cfg.num_frames < num_frames:
     raise ValueError(f'config.context={split!r}: data.num_frames={data_cfg.num_frames} is shorter '
                      f'than num_frames={num_frames}; set --config.data.num_frames={num_frames}.')
-  source = data.open_source(data_cfg, split)
-  rows = [source[i] for i in range(min(num_clips, len(source)))]
-  return dict(
-      videos=data.uint8_to_float(np.stack([np.asarray(r['video'])[:num_frames] for r in rows])),
-      frame_cond=np.stack([np.asarray(r['frame_cond'])[:num_frames] for r in rows]),
-      labels=np.stack([np.asarray(r['label']) for r in rows]).astype(np.int32))
+  clips = data.first_clips(data_cfg, split, num_clips)
+  out = dict(videos=clips['video'][:, :num_frames], labels=clips['label'].astype(np.int32))
+  if 'frame_cond' in clips:  # procedural datasets; a folder of videos has no camera motion
+    out['frame_cond'] = clips['frame_cond'][:, :num_frames]
+  return out
 
 
 def load_context(cfg, model_cfg: DiTConfig):

@@ -153,6 +153,21 @@ def test_context_from_a_dataset_split(tmp_path):
                         str(tmp_path / 'long'))
 
 
+def test_context_from_a_folder_of_videos(tmp_path):
+  # a folder dataset has no camera motion: a model without frame_cond continues its clips
+  from PIL import Image as PILImage
+  (tmp_path / 'videos' / 'test' / 'cats').mkdir(parents=True)
+  frames = [PILImage.fromarray(np.full((16, 16), 30 * t, np.uint8)) for t in range(8)]
+  frames[0].save(tmp_path / 'videos' / 'test' / 'cats' / 'a.gif', save_all=True,
+                 append_images=frames[1:], duration=100, loop=0)
+  cfg = tiny_config(context='test', context_frames=2, policy='full',
+                    **{'data.dataset': 'folder', 'data.folder': str(tmp_path / 'videos')})
+  generation.generate(cfg, str(tmp_path / 'out'))
+  videos = np.load(tmp_path / 'out' / 'samples.npz')['videos']
+  np.testing.assert_allclose(videos[:, :2].mean(axis=(2, 3, 4)),
+                             [[-1.0, 30 / 127.5 - 1.0]] * 2, atol=0.02)  # both samples: clip 0
+
+
 def test_command_line(tmp_path):
   run = lambda *flags: subprocess.run(
       [sys.executable, 'generate.py', '--config=configs/generate.py:tiny', *flags],

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from pafukv_jax.data import folder as folder_lib
@@ -66,6 +67,16 @@ def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'
                                 tuple(cfg.image_size), video_key=cfg.get('video_key') or None)
   raise ValueError(f'Unknown dataset {name!r}: use one of {sorted(PROCEDURAL_BUILDERS)}, '
                    "'folder' (with config.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
+
+
+def first_clips(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> dict[str, np.ndarray]:
+  """The first num_clips examples of cfg's `split` (fewer if it is smaller), each feature stacked
+  over clips; `video` as float32 in [-1, 1]."""
+  source = open_source(cfg, split)
+  rows = [source[i] for i in range(min(num_clips, len(source)))]
+  clips = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+  clips['video'] = pipeline.uint8_to_float(clips['video'])
+  return clips
 
 
 def make_pipeline(cfg: ml_collections.ConfigDict, split: str = 'train', *, mesh=None,

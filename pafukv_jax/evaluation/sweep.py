@@ -32,7 +32,6 @@ import tqdm
 from pafukv_jax import data, generation, sampling, video_io
 from pafukv_jax.cache.kv_cache import GRANULARITIES, CacheSpec
 from pafukv_jax.cache.policies import POLICIES, ROLLOUT_POLICIES, get_policy
-from pafukv_jax.data.pipeline import uint8_to_float
 from pafukv_jax.evaluation import plots, video_metrics
 from pafukv_jax.models.dit import DiTConfig
 
@@ -147,12 +146,9 @@ def check_config(cfg):
 def load_clips(cfg):
   """The first num_clips held-out clips: video [N, T, H, W, C] in [-1, 1], label, frame_cond,
   revisit_mask [N, T, H, W]."""
-  source = data.open_source(cfg.data, 'test')
-  if len(source) < cfg.num_clips:
-    raise ValueError(f'The test split has {len(source)} clips; num_clips={cfg.num_clips}.')
-  rows = [source[i] for i in range(cfg.num_clips)]
-  clips = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-  clips['video'] = uint8_to_float(clips['video'])
+  clips = data.first_clips(cfg.data, 'test', cfg.num_clips)
+  if len(clips['video']) < cfg.num_clips:
+    raise ValueError(f'The test split has {len(clips["video"])} clips; num_clips={cfg.num_clips}.')
   clips['revisit_mask'] = clips['revisit_mask'].astype(bool)
   return clips
 
