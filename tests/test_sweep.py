@@ -105,8 +105,9 @@ def _check_resumes_only_the_missing_runs(workdir, rows, data_dir):
 def test_policy_variants_run_with_their_own_granularity(data_dir, tmp_path):
   # budget 4 of 8 frames: with 1 sink frame, 2 would leave no choice to make
   common = dict(budgets=(4,), compare_budget=4, paired_references=())
-  variants = sweep.Sweep(sweep_config(data_dir, policies=('full', 'random', 'random@frame'),
-                                      **common), str(tmp_path / 'variants')).run()
+  variants = sweep.Sweep(sweep_config(data_dir, policies=('full', 'window', 'window@frame', 'random',
+                                                          'random@frame'), **common),
+                         str(tmp_path / 'variants')).run()
   whole = sweep.Sweep(sweep_config(data_dir, policies=('full', 'random'), side_by_side=('full',),
                                    **common, **{'cache.granularity': 'frame'}),
                       str(tmp_path / 'frame')).run()
@@ -114,7 +115,10 @@ def test_policy_variants_run_with_their_own_granularity(data_dir, tmp_path):
   # random@frame is random in a sweep whose cache config says frame, not token-level random
   np.testing.assert_array_equal(videos('variants', 'random@frame'), videos('frame', 'random'))
   assert np.abs(videos('variants', 'random@frame') - videos('variants', 'random')).max() > 1e-3
-  assert [r['policy'] for r in variants] == ['full', 'random', 'random@frame']
+  # window keeps whole frames anyway (recency is constant within a chunk of one frame)
+  np.testing.assert_array_equal(videos('variants', 'window@frame'), videos('variants', 'window'))
+  assert [r['policy'] for r in variants] == ['full', 'window', 'window@frame', 'random',
+                                               'random@frame']
   assert {r['policy'] for r in whole} == {'full', 'random'}
 
 
