@@ -18,7 +18,7 @@ from absl import app, flags, logging
 
 from pafukv_jax import checkpoints
 from pafukv_jax.models.dit import DiTConfig, init_model
-from pafukv_jax.models.salience import init_head
+from pafukv_jax.salience.head import init_head
 
 flags.DEFINE_string('workdir', None, 'Training workdir (train.py --workdir).', required=True)
 flags.DEFINE_string('out', None, 'New params directory to write.', required=True)
@@ -33,10 +33,8 @@ def export(workdir: str, out: str) -> None:
     raise FileExistsError(f'{out} exists; choose a new --out (nothing was written).')
   with open(saved) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
-  if cfg.stage == 'salience':
-    module = init_head(cfg.head, cfg.model)
-  else:
-    module = init_model(DiTConfig.from_config(cfg.model))
+  model_cfg = DiTConfig.from_config(cfg.model)
+  module = init_head(cfg.head, model_cfg) if cfg.stage == 'salience' else init_model(model_cfg)
   checkpoints.save_params(out, checkpoints.load_params(workdir, module))
   shutil.copy(saved, os.path.join(out, 'config.json'))
 

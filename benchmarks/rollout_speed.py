@@ -22,10 +22,11 @@ from flax import nnx
 
 from benchmarks import report
 from configs import common
-from pafukv_jax import sampling
+from pafukv_jax import rollout, sampling
+from pafukv_jax.cache import policies
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
-from pafukv_jax.models.salience import SalienceHead
+from pafukv_jax.salience.head import SalienceHead
 
 flags.DEFINE_list('frames', ['16', '32', '64', '128'], 'Video lengths.')
 flags.DEFINE_list('policies', ['full', 'window', 'sink_window'], 'Policies.')
@@ -49,19 +50,21 @@ def measure(model, impl, policy, num_frames):
   head = None
   if policy == 'pafu':  # a random head: its cost does not depend on its weights
     head = SalienceHead(model.cfg.dim, FLAGS.head_hidden, rngs=nnx.Rngs(0))
-  sampler = sampling.Sampler(model, rc, policy, cache, head=head)
-  keys = sampling.sample_keys(0, np.arange(FLAGS.batch))
-  labels = np.arange(FLAGS.batch) % 10
-  with CompileCounter('_cached_step') as compiles:
+  spec = policies.cache_spec(policy, cache, num_frames=num_frames, chunk_frames=1,
+                             tokens_per_frame=model.cfg.tokens_per_frame)
+  runner = rollout.Rollout(model, rc, spec, head=head)
+  inputs = rollout.inputs(sampling.sample_keys(0, np.arange(FLAGS.batch)),
+                          np.arange(FLAGS.batch) % 10)
+  with CompileCounter(rollout.chunk_step_jit) as compiles:
     start = time.perf_counter()
-    sampler.generate(keys, labels)
+    out = runner.generate(inputs)
     wall = time.perf_counter() - start
-  per_frame = np.asarray(sampler.chunk_seconds)  # chunk = 1 frame; [0] includes compilation
+  per_frame = np.asarray(out.chunk_seconds)  # chunk = 1 frame; [0] includes compilation
   steady = per_frame[1:]
   window = min(16, len(steady) // 2)
   return dict(
       impl=impl, policy=policy, num_frames=num_frames, batch=FLAGS.batch,
-      capacity_tokens=sampler.spec.capacity, cache_bytes=sampler.cache_bytes(FLAGS.batch),
+      capacity_tokens=spec.capacity, cache_bytes=runner.cache_bytes(FLAGS.batch),
       ms_per_frame=1000 * float(np.mean(steady)),
       # medians: a shared machine's hiccups should not decide whether a policy looks flat
       ms_first16=1000 * float(np.median(steady[:window])),

@@ -54,8 +54,8 @@ def measure(stage, size):
   batch = dict(video=jnp.asarray(rng.uniform(-1, 1, (FLAGS.batch, FLAGS.frames, h, w, 3)), jnp.float32),
                label=jnp.asarray(rng.integers(0, 3, FLAGS.batch), jnp.int32),
                frame_cond=jnp.zeros((FLAGS.batch, FLAGS.frames, 2), jnp.float32))
-  step = jax.jit(steps.make_train_step(graphdef, cfg, tx), donate_argnums=(0,),
-                 out_shardings=(shardings, None))
+  step_fn = steps.make_train_step(graphdef, steps.stage_loss(cfg), tx, cfg.optimizer.ema_decay)
+  step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(shardings, None))
   key = jax.random.key(0)
   start = time.perf_counter()
   state, metrics = step(state, batch, key)

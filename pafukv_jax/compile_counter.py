@@ -1,4 +1,6 @@
-"""Counts XLA compilations of named jitted functions (JAX's compile monitoring events)."""
+"""Counts XLA compilations of jitted functions (JAX's compile monitoring events)."""
+
+import collections
 
 import jax
 
@@ -6,19 +8,24 @@ _EVENT = '/jax/core/compile/backend_compile_duration'
 
 
 class CompileCounter:
-  """`with CompileCounter('f', 'g') as c: ...` then c.count, c.seconds (backend compile time)."""
+  """`with CompileCounter(f, g) as c: ...` then c.count, c.by_name ({name: count}) and c.seconds
+  (backend compile time). f, g: jitted functions (or their names); none given: every compile."""
 
-  def __init__(self, *fun_names: str):
-    self.fun_names = set(fun_names)
-    self.count = 0
+  def __init__(self, *funs):
+    self.fun_names = {f if isinstance(f, str) else f.__name__ for f in funs}
+    self.by_name = collections.Counter()
     self.seconds = 0.0
+
+  @property
+  def count(self) -> int:
+    return sum(self.by_name.values())
 
   def _listen(self, event, duration, **kwargs):
     name = kwargs.get('fun_name', '')
     if name.startswith('jit(') and name.endswith(')'):
       name = name[4:-1]
     if event == _EVENT and (not self.fun_names or name in self.fun_names):
-      self.count += 1
+      self.by_name[name] += 1
       self.seconds += duration
 
   def __enter__(self):

@@ -12,17 +12,15 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
-from flax import nnx
 
-from pafukv_jax import checkpoints, salience_targets, sampling, video_io
-from pafukv_jax.cache.kv_cache import CacheSpec
-from pafukv_jax.cache.policies import RECOMPUTE, ROLLOUT_POLICIES, get_policy
+from pafukv_jax import checkpoints, rollout, sampling, video_io
+from pafukv_jax.cache import policies
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
-from pafukv_jax.models.salience import init_head
+from pafukv_jax.salience.head import init_head
+from pafukv_jax.salience.oracle import OracleScores
 
 OUTPUTS = ('samples.npz', 'metrics.json', 'manifest.json', 'videos')
-STEP_NAMES = ('_cached_step', '_prefill_step', '_recompute_step')
 
 
 def rollout_config(cfg) -> sampling.RolloutConfig:
@@ -32,6 +30,17 @@ def rollout_config(cfg) -> sampling.RolloutConfig:
       sampler=cfg.sampling.sampler)
   rc.validate()
   return rc
+
+
+def parse_config(cfg, policy: str | None = None, cache_config=None):
+  """The typed configs of a generation config, checked: (DiTConfig, RolloutConfig, CacheSpec or
+  None for 'recompute') of `policy` (default cfg.policy) with `cache_config` (default cfg.cache)."""
+  model_cfg = DiTConfig.from_config(cfg.model)
+  rc = rollout_config(cfg)
+  spec = policies.cache_spec(policy or cfg.policy, cfg.cache if cache_config is None else cache_config,
+                             num_frames=rc.num_frames, chunk_frames=rc.chunk_frames,
+                             tokens_per_frame=model_cfg.tokens_per_frame)
+  return model_cfg, rc, spec
 
 
 def check_workdir(workdir: str, overwrite: bool) -> None:
@@ -119,17 +128,17 @@ def sample_labels(cfg, model_cfg: DiTConfig, context_labels=None) -> np.ndarray:
                                                   dtype=np.int32)
 
 
-def build_model(cfg):
-  model_cfg = DiTConfig.from_config(cfg.model)
-  model = init_model(model_cfg, cfg.init_seed)
-  if cfg.checkpoint:
-    checkpoints.load_params(cfg.checkpoint, model)
+def build_model(model_cfg: DiTConfig, checkpoint: str, init_seed: int = 0):
+  """The model of `model_cfg` with the weights in `checkpoint` (random weights if '')."""
+  model = init_model(model_cfg, init_seed)
+  if checkpoint:
+    checkpoints.load_params(checkpoint, model)
   else:
     logging.warning('No checkpoint given: generating with random weights (smoke run / speed).')
   return model
 
 
-def build_head(head_cfg, model_cfg):
+def build_head(head_cfg, model_cfg: DiTConfig):
   """The trained salience head in head_cfg.checkpoint: a salience-stage workdir (its config.json
   gives the head's shape) or a params directory (shaped by head_cfg's fields)."""
   shape = head_cfg
@@ -137,38 +146,22 @@ def build_head(head_cfg, model_cfg):
   if os.path.isfile(saved):
     with open(saved) as f:
       shape = ml_collections.ConfigDict(json.load(f).get('head') or head_cfg.to_dict())
-  head = init_head(shape, DiTConfig.from_config(model_cfg))
+  head = init_head(shape, model_cfg)
   return checkpoints.load_params(head_cfg.checkpoint, head)
 
 
-class OracleScores:
-  """The oracle's token scores for a batch: the `full` rollout with the same noise, then the
-  teacher's salience on it (salience_targets.oracle_scores). Costs a second rollout."""
-
-  def __init__(self, cfg, model, rc):
-    teacher = checkpoints.load_params(cfg.oracle.teacher,
-                                      init_model(DiTConfig.from_config(cfg.model)))
-    self.full = sampling.Sampler(model, rc, 'full')
-    per_layer = bool(cfg.cache.get('per_layer', False))
-    graphdef, self.teacher_params = nnx.split(teacher)
-    self._scores = jax.jit(lambda params, video, label, cond: salience_targets.oracle_scores(
-        nnx.merge(graphdef, params), video, label, cond, chunk_frames=rc.chunk_frames,
-        weights=tuple(cfg.oracle.weights), normalize=cfg.oracle.normalize, per_layer=per_layer))
-
-  def __call__(self, keys, label, context, frame_cond):
-    return self.of_video(self.full.generate(keys, label, context, frame_cond), label, frame_cond)
-
-  def of_video(self, video, label, frame_cond):
-    """Scores from a `full` rollout already generated (a sweep has it)."""
-    return self._scores(self.teacher_params, jnp.asarray(video, jnp.float32),
-                        jnp.asarray(label, jnp.int32), frame_cond)
+def build_oracle(cfg, model, model_cfg: DiTConfig, rc) -> OracleScores:
+  """The oracle's scorer from cfg.oracle (the teacher) and cfg.cache.per_layer."""
+  return OracleScores(model, rc, model_cfg, cfg.oracle.teacher, weights=tuple(cfg.oracle.weights),
+                      normalize=cfg.oracle.normalize,
+                      per_layer=bool(cfg.cache.get('per_layer', False)))
 
 
 def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   """Generates cfg.num_samples videos into workdir; returns the metrics it writes."""
   # Every check comes before any work and before anything in workdir is touched.
-  if cfg.policy not in ROLLOUT_POLICIES:
-    raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of {list(ROLLOUT_POLICIES)}.')
+  if cfg.policy not in policies.ROLLOUT_POLICIES:
+    raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of {list(policies.ROLLOUT_POLICIES)}.')
   if cfg.policy == 'pafu' and not cfg.head.checkpoint:
     raise ValueError("policy='pafu' needs --config.head.checkpoint=DIR: a salience stage workdir "
                      '(train.py --config=configs/salience.py).')
@@ -181,38 +174,37 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       raise FileNotFoundError(f'checkpoint {path} does not exist.')
   if cfg.num_samples < 1 or cfg.batch_size < 1:
     raise ValueError('num_samples and batch_size must be >= 1.')
-  rc = rollout_config(cfg)
-  model_cfg = DiTConfig.from_config(cfg.model)
-  if cfg.policy != RECOMPUTE:
-    CacheSpec.from_config(get_policy(cfg.policy), cfg.cache, num_frames=rc.num_frames,
-                          chunk_frames=rc.chunk_frames, tokens_per_frame=model_cfg.tokens_per_frame)
+  model_cfg, rc, spec = parse_config(cfg)
   check_workdir(workdir, overwrite)
   context, frame_cond, context_labels = load_context(cfg, model_cfg)
   labels = sample_labels(cfg, model_cfg, context_labels)
-  model = build_model(cfg)
-  head = build_head(cfg.head, cfg.model) if cfg.policy == 'pafu' else None
-  sampler = sampling.Sampler(model, rc, cfg.policy, cfg.cache, head=head)
-  oracle = OracleScores(cfg, model, rc) if cfg.policy == 'oracle' else None
+  model = build_model(model_cfg, cfg.checkpoint, cfg.init_seed)
+  head = build_head(cfg.head, model_cfg) if cfg.policy == 'pafu' else None
+  runner = rollout.Rollout(model, rc, spec, head=head)
+  oracle = build_oracle(cfg, model, model_cfg, rc) if cfg.policy == 'oracle' else None
 
-  batch = min(cfg.batch_size, cfg.num_samples)
-  num_batches = -(-cfg.num_samples // batch)
+  size = min(cfg.batch_size, cfg.num_samples)
+  num_batches = -(-cfg.num_samples // size)
   generated_chunks = rc.num_chunks - rc.context_frames // rc.chunk_frames
   videos, chunk_seconds = [], []
   bar = tqdm.tqdm(total=num_batches * generated_chunks, unit='chunk', desc=cfg.policy,
                   disable=None, dynamic_ncols=True)
-  def batch_args(i):
-    ids = np.arange(i * batch, (i + 1) * batch) % cfg.num_samples  # pad the last batch
+  def batch(i):
+    """(inputs, context) of batch i."""
+    ids = np.arange(i * size, (i + 1) * size) % cfg.num_samples  # pad the last batch
     pick = lambda a: None if a is None else jnp.asarray(a[ids % a.shape[0]])
-    return sampling.sample_keys(cfg.seed, ids), labels[ids], pick(context), pick(frame_cond)
+    return rollout.inputs(sampling.sample_keys(cfg.seed, ids), labels[ids], pick(frame_cond)), \
+        pick(context)
 
   # the oracle's reference rollouts come first: `compiles` and the timings are the policy's own
-  scores = [oracle(*batch_args(i)) if oracle else None for i in range(num_batches)]
-  with CompileCounter(*STEP_NAMES) as compiles:
+  scores = [oracle(*batch(i)) if oracle else None for i in range(num_batches)]
+  with CompileCounter(*rollout.JITTED) as compiles:
     start = time.perf_counter()
     for i in range(num_batches):
-      out = sampler.generate(*batch_args(i), progress=bar.update, token_scores=scores[i])
-      videos.append(np.asarray(out))
-      chunk_seconds += sampler.chunk_seconds
+      inputs, ctx = batch(i)
+      out = runner.generate(inputs.replace(token_scores=scores[i]), ctx, progress=bar.update)
+      videos.append(np.asarray(out.videos))
+      chunk_seconds += out.chunk_seconds
     total_seconds = time.perf_counter() - start
   bar.close()
   videos = np.clip(np.concatenate(videos)[:cfg.num_samples], -1.0, 1.0).astype(np.float32)
@@ -221,11 +213,11 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   steady_chunk = float(np.mean(steady)) if steady else None
   metrics = dict(
       policy=cfg.policy,
-      budget_tokens=sampler.spec.capacity if sampler.spec else None,
-      budget_frames=sampler.spec.capacity_frames if sampler.spec else None,
-      sink_frames=sampler.spec.sink_frames if sampler.spec else 0,
-      cache_bytes=sampler.cache_bytes(batch),
-      batch_size=batch,
+      budget_tokens=spec.capacity if spec else None,
+      budget_frames=spec.capacity_frames if spec else None,
+      sink_frames=spec.sink_frames if spec else 0,
+      cache_bytes=runner.cache_bytes(size),
+      batch_size=size,
       tokens_per_frame=model_cfg.tokens_per_frame,
       num_frames=rc.num_frames,
       context_frames=rc.context_frames,
@@ -233,7 +225,8 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       num_samples=cfg.num_samples,
       seconds_per_frame=steady_chunk / rc.chunk_frames if steady else None,
       compile_seconds=chunk_seconds[0] - (steady_chunk or 0.0),
-      compiles=compiles.count,
+      compiles=compiles.count,  # of the jitted rollout functions, all batches
+      compiles_by_function=dict(compiles.by_name),
       total_seconds=total_seconds,
       chunk_seconds=chunk_seconds,
       device=jax.devices()[0].device_kind,

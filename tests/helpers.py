@@ -30,3 +30,26 @@ def override(cfg, **dotted):
       node = node[part]
     node[last] = value
   return cfg
+
+
+def make_rollout(model, rc, policy, cache=None, head=None):
+  """A Rollout of `policy` ('recompute' too) with the cache fields `cache` (helpers.cache_config)."""
+  from pafukv_jax import rollout
+  from pafukv_jax.cache import policies
+  spec = policies.cache_spec(policy, cache, num_frames=rc.num_frames, chunk_frames=rc.chunk_frames,
+                             tokens_per_frame=model.cfg.tokens_per_frame)
+  return rollout.Rollout(model, rc, spec, head)
+
+
+def caches_per_chunk(runner, inputs):
+  """Drives a cached rollout without context through its public chunk_step: the cache after
+  every chunk (copied: the next step donates it)."""
+  import jax
+  import jax.numpy as jnp
+  from pafukv_jax import rollout
+  state = runner.init_state(inputs.label.shape[0])
+  caches = []
+  for _ in range(runner.rc.num_chunks):
+    state, _ = rollout.chunk_step_jit(runner.static, runner.params, state, inputs)
+    caches.append(jax.tree.map(jnp.copy, state.cache))
+  return caches

@@ -3,10 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pafukv_jax import sampling
+from pafukv_jax import rollout, sampling
 from pafukv_jax.cache import kv_cache
 from pafukv_jax.cache.policies import get_policy
-from tests.helpers import cache_config, tiny_model
+from tests.helpers import cache_config, caches_per_chunk, make_rollout, tiny_model
 
 L, B, C, N, H, D = 2, 3, 8, 3, 1, 2
 
@@ -82,17 +82,9 @@ def test_update_writes_into_freed_slots_only():
 def _final_frames(policy, budget, sink, chunk, num_frames=8):
   model = tiny_model()
   rc = sampling.RolloutConfig(num_frames=num_frames, chunk_frames=chunk, timesteps=(1000, 500))
-  sampler = sampling.Sampler(model, rc, policy, cache_config(budget, sink))
-  seen = []
-  original = sampler._step
-
-  def step(params, cache, *args):
-    cache, clean = original(params, cache, *args)
-    seen.append(np.asarray(cache.frame))
-    return cache, clean
-
-  sampler._step = step
-  sampler.generate(sampling.sample_keys(0, [0]), [1])
+  runner = make_rollout(model, rc, policy, cache_config(budget, sink))
+  inputs = rollout.inputs(sampling.sample_keys(0, [0]), [1])
+  seen = [np.asarray(cache.frame) for cache in caches_per_chunk(runner, inputs)]
   return seen, model.cfg.tokens_per_frame
 
 

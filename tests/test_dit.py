@@ -20,7 +20,9 @@ def test_shapes_and_kv():
   model = tiny_model()
   cfg = model.cfg
   video, times, frames, label = _inputs(cfg)
-  v, (k, vv) = model(video, times, frames, label, return_kv=True)
+  v, aux = model(video, times, frames, label, collect=('k', 'v'))
+  k, vv = aux['k'], aux['v']
+  assert set(aux) == {'k', 'v'}  # only what was asked for
   assert v.shape == video.shape and v.dtype == jnp.float32
   n = 6 * cfg.tokens_per_frame
   assert k.shape == vv.shape == (cfg.num_layers, 2, cfg.num_heads, n, cfg.head_dim)
@@ -35,22 +37,23 @@ def test_cached_chunk_equals_block_causal_forward(impl, block_size):
   f = 2
   video, times, frames, label = _inputs(cfg)
   times = times.at[:, :4].set(0.0)  # earlier chunks clean, as the rollout writes them
-  want = model(video, times, frames, label, mode='block_causal', chunk_frames=f)
+  want, _ = model(video, times, frames, label, mode='block_causal', chunk_frames=f)
 
   cache = kv_cache.init_cache(cfg.num_layers, 2, 4 * cfg.tokens_per_frame, cfg.num_heads,
                               cfg.head_dim)
   s = cfg.tokens_per_frame
   for c in range(2):
     sl = slice(c * f, (c + 1) * f)
-    out, (k, v) = model(video[:, sl], times[:, sl], frames[sl], label, mode='cached',
-                        cache=cache.read(block_size), return_kv=True)
+    out, aux = model(video[:, sl], times[:, sl], frames[sl], label, mode='cached',
+                     cache=cache.read(block_size), collect=('k', 'v'))
+    k, v = aux['k'], aux['v']
     np.testing.assert_allclose(out, want[:, sl], atol=1e-5, rtol=1e-5)
     token_frames = jnp.broadcast_to(jnp.repeat(frames[sl], s), (2, f * s))
     score = jnp.zeros((cfg.num_layers, 2, f * s))
     keep = jnp.zeros((cfg.num_layers, 2, cache.capacity + f * s))
     cache = kv_cache.update_cache(cache, k, v, token_frames, score, keep)
-  out = model(video[:, 4:], times[:, 4:], frames[4:], label, mode='cached',
-              cache=cache.read(block_size))
+  out, _ = model(video[:, 4:], times[:, 4:], frames[4:], label, mode='cached',
+                 cache=cache.read(block_size))
   np.testing.assert_allclose(out, want[:, 4:], atol=1e-5, rtol=1e-5)
 
 
@@ -58,9 +61,9 @@ def test_block_causal_ignores_the_future_and_bidirectional_does_not():
   model = tiny_model()
   video, times, frames, label = _inputs(model.cfg)
   changed = video.at[:, 4:].add(1.0)
-  causal = lambda x: model(x, times, frames, label, mode='block_causal', chunk_frames=2)
+  causal = lambda x: model(x, times, frames, label, mode='block_causal', chunk_frames=2)[0]
   np.testing.assert_allclose(causal(video)[:, :4], causal(changed)[:, :4], atol=1e-6)
-  bidi = lambda x: model(x, times, frames, label)
+  bidi = lambda x: model(x, times, frames, label)[0]
   assert float(jnp.max(jnp.abs(bidi(video)[:, :4] - bidi(changed)[:, :4]))) > 1e-3
 
 
@@ -68,7 +71,7 @@ def test_timestep_is_per_frame():
   """Changing frame 5's noise level changes only frame 5 when frames cannot see each other."""
   model = tiny_model()
   video, times, frames, label = _inputs(model.cfg)
-  run = lambda t: model(video, t, frames, label, mode='block_causal', chunk_frames=1)
+  run = lambda t: model(video, t, frames, label, mode='block_causal', chunk_frames=1)[0]
   a, b = run(times), run(times.at[:, 5].set(0.9))
   np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
   assert float(jnp.max(jnp.abs(a[:, 5] - b[:, 5]))) > 1e-3
@@ -78,19 +81,32 @@ def test_scan_and_unrolled_layers_agree():
   scanned = tiny_model(scan_layers=True)
   unrolled = tiny_model(scan_layers=False)
   video, times, frames, label = _inputs(scanned.cfg)
-  np.testing.assert_allclose(scanned(video, times, frames, label),
-                             unrolled(video, times, frames, label), atol=1e-5)
+  np.testing.assert_allclose(scanned(video, times, frames, label)[0],
+                             unrolled(video, times, frames, label)[0], atol=1e-5)
 
 
 def test_frame_condition_is_used():
   model = tiny_model(frame_cond_dim=2)
   video, times, frames, label = _inputs(model.cfg)
   cond = jnp.zeros((2, 6, 2))
-  a = model(video, times, frames, label, cond)
-  b = model(video, times, frames, label, cond.at[:, 3].set(1.0))
+  a, _ = model(video, times, frames, label, cond)
+  b, _ = model(video, times, frames, label, cond.at[:, 3].set(1.0))
   assert float(jnp.max(jnp.abs(a - b))) > 1e-3
   with pytest.raises(ValueError, match='frame_cond'):
     model(video, times, frames, label)
+  # a model without frame_cond accepts one and ignores it
+  plain = tiny_model()
+  np.testing.assert_array_equal(plain(video, times, frames, label, cond.at[:, 3].set(1.0))[0],
+                                plain(video, times, frames, label)[0])
+
+
+def test_collect_names_are_checked():
+  model = tiny_model()
+  video, times, frames, label = _inputs(model.cfg)
+  with pytest.raises(ValueError, match='Cannot collect'):
+    model(video, times, frames, label, collect=('kv',))
+  with pytest.raises(ValueError, match='needs a cache'):
+    model(video, times, frames, label, collect=('cache_mass',))
 
 
 def test_frame_cond_scale_multiplies_the_condition():
@@ -99,10 +115,10 @@ def test_frame_cond_scale_multiplies_the_condition():
   plain = tiny_model(frame_cond_dim=2)
   video, times, frames, label = _inputs(scaled.cfg)
   cond = jax.random.normal(jax.random.key(1), (2, 6, 2)) * 8
-  np.testing.assert_allclose(scaled(video, times, frames, label, cond),
-                             plain(video, times, frames, label, cond * 0.125), rtol=1e-5, atol=1e-5)
-  assert float(jnp.max(jnp.abs(scaled(video, times, frames, label, cond)
-                                - plain(video, times, frames, label, cond)))) > 1e-3
+  np.testing.assert_allclose(scaled(video, times, frames, label, cond)[0],
+                             plain(video, times, frames, label, cond * 0.125)[0], rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(scaled(video, times, frames, label, cond)[0]
+                                - plain(video, times, frames, label, cond)[0]))) > 1e-3
 
 
 def test_parameters_carry_logical_axes():

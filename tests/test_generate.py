@@ -194,8 +194,10 @@ def test_frame_conditioned_model_defaults_to_a_static_camera(tmp_path):
 def test_pafu_and_oracle(tmp_path):
   """pafu reads a head checkpoint; oracle = the teacher's salience on the full rollout."""
   import jax.numpy as jnp
-  from pafukv_jax import salience_targets, sampling
-  from pafukv_jax.models.salience import init_head
+  from pafukv_jax import rollout, sampling
+  from pafukv_jax.salience.head import init_head
+  from pafukv_jax.salience.oracle import oracle_scores
+  from tests.helpers import make_rollout
   cfg = tiny_config(num_frames=5)
   model_cfg = DiTConfig.from_config(cfg.model)
   checkpoints.save_params(str(tmp_path / 'head'), init_head(cfg.head, model_cfg, 3))
@@ -212,10 +214,10 @@ def test_pafu_and_oracle(tmp_path):
   model, teacher = init_model(model_cfg, 0), init_model(model_cfg, 7)
   rc = generation.rollout_config(cfg)
   keys, labels = sampling.sample_keys(0, [0, 1]), generation.sample_labels(cfg, model_cfg)[:2]
-  full = sampling.Sampler(model, rc, 'full').generate(keys, labels)
-  scores = salience_targets.oracle_scores(teacher, full, jnp.asarray(labels), chunk_frames=1)
-  want = sampling.Sampler(model, rc, 'oracle', cfg.cache).generate(keys, labels,
-                                                                   token_scores=scores)
+  full = make_rollout(model, rc, 'full').generate(rollout.inputs(keys, labels)).videos
+  scores = oracle_scores(teacher, full, jnp.asarray(labels), chunk_frames=1)
+  want = make_rollout(model, rc, 'oracle', cfg.cache).generate(
+      rollout.inputs(keys, labels, token_scores=scores)).videos
   got = np.load(tmp_path / 'oracle' / 'samples.npz')['videos']
   np.testing.assert_allclose(got, np.clip(np.asarray(want), -1, 1), atol=1e-5)
 

@@ -4,27 +4,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pafukv_jax import sampling
-from tests.helpers import cache_config, tiny_model
+from pafukv_jax import rollout, sampling
+from tests.helpers import cache_config, caches_per_chunk, make_rollout, tiny_model
 
 
 def _rollout(policy, num_frames, budget, sink, seed=0, model=None):
   """Runs a rollout and returns (model, keys, the cache after every chunk, copied)."""
   model = model or tiny_model()
   rc = sampling.RolloutConfig(num_frames=num_frames, timesteps=(1000, 500))
-  sampler = sampling.Sampler(model, rc, policy, cache_config(budget, sink))
-  caches = []
-  original = sampler._step
-
-  def step(params, cache, *args):
-    cache, clean = original(params, cache, *args)
-    caches.append(jax.tree.map(jnp.copy, cache))  # the next step donates `cache`
-    return cache, clean
-
-  sampler._step = step
+  runner = make_rollout(model, rc, policy, cache_config(budget, sink))
   keys = sampling.sample_keys(seed, [0, 1])
-  sampler.generate(keys, [1, 2])
-  return model, rc, keys, caches
+  return model, rc, keys, caches_per_chunk(runner, rollout.inputs(keys, [1, 2]))
 
 
 def test_random_keeps_sink_and_incoming_and_differs_by_seed():
@@ -49,13 +39,14 @@ def test_h2o_scores_are_the_attention_received():
   read = before.read(model.cfg.cache_block_size)
 
   def velocity(x, t):
-    v, mass = model(x, t, frames, label, mode='cached', cache=read, return_cache_mass=True)
-    masses.append(mass)
+    v, aux = model(x, t, frames, label, mode='cached', cache=read, collect=('cache_mass',))
+    masses.append(aux['cache_mass'])
     return v
 
   clean = sampling.denoise_chunk(velocity, keys, 1, (2, 1, 16, 16, 3), rc)
-  _, _, mass = model(clean, jnp.zeros((2, 1)), frames, label, mode='cached', cache=read,
-                     return_kv=True, return_cache_mass=True)
+  _, aux = model(clean, jnp.zeros((2, 1)), frames, label, mode='cached', cache=read,
+                 collect=('k', 'v', 'cache_mass'))
+  mass = aux['cache_mass']
   want = (sum(masses) + mass).mean(axis=0)  # [B, C]: summed over passes, mean over layers
   frame0 = np.asarray(after.frame[0]) == 0
   assert frame0.sum() == 2 * 16
@@ -67,17 +58,28 @@ def test_h2o_scores_are_the_attention_received():
 
 
 
+class TableHead(nnx.Module):
+  """A 'head' that looks each token's score up by its absolute index in a table [B, T*S]."""
+
+  def __init__(self, table):
+    self.table = nnx.Variable(jnp.asarray(table, jnp.float32))
+
+  def __call__(self, hidden, token_index):
+    return jnp.take_along_axis(self.table[...], token_index, axis=-1)
+
+
 def test_pafu_with_the_oracle_scores_as_its_head_reproduces_oracle():
-  from pafukv_jax.models.salience import SalienceHead, TableScorer
+  from pafukv_jax.salience.head import SalienceHead
   model = tiny_model()
   rc = sampling.RolloutConfig(num_frames=6, timesteps=(1000, 500))
   keys, labels = sampling.sample_keys(0, [0, 1]), [1, 2]
   table = jax.random.normal(jax.random.key(3), (2, 6 * 16))
   runs = {}
   for name, policy, kwargs, head in [('oracle', 'oracle', dict(token_scores=table), None),
-                                     ('pafu', 'pafu', {}, TableScorer(table))]:
-    sampler = sampling.Sampler(model, rc, policy, cache_config(3, 1), head=head)
-    runs[name] = (np.asarray(sampler.generate(keys, labels, **kwargs)), sampler.final_state)
+                                     ('pafu', 'pafu', {}, TableHead(table))]:
+    out = make_rollout(model, rc, policy, cache_config(3, 1), head=head).generate(
+        rollout.inputs(keys, labels, **kwargs))
+    runs[name] = (np.asarray(out.videos), out.cache)
   np.testing.assert_array_equal(runs['pafu'][0], runs['oracle'][0])
   np.testing.assert_array_equal(runs['pafu'][1].frame, runs['oracle'][1].frame)
   # static scores: the unprotected slots hold the 16 best-scored tokens of frames 1-4, with their
@@ -91,13 +93,13 @@ def test_pafu_with_the_oracle_scores_as_its_head_reproduces_oracle():
   head = SalienceHead(model.cfg.dim, 8, rngs=nnx.Rngs(0))
   mix_config = cache_config(3, 1)
   mix_config.pafu_mix = 0.5
-  mixed = sampling.Sampler(model, rc, 'pafu', mix_config, head=head)
-  assert mixed.weight == 0.5
-  assert np.isfinite(np.asarray(mixed.generate(keys, labels))).all()
+  mixed = make_rollout(model, rc, 'pafu', mix_config, head=head)
+  assert mixed.policy.attention_weight(mixed.spec) == 0.5
+  assert np.isfinite(np.asarray(mixed.generate(rollout.inputs(keys, labels)).videos)).all()
   with pytest.raises(ValueError, match='needs a salience head'):
-    sampling.Sampler(model, rc, 'pafu', cache_config(3, 1))
+    make_rollout(model, rc, 'pafu', cache_config(3, 1))
   with pytest.raises(ValueError, match='needs token_scores'):
-    sampling.Sampler(model, rc, 'oracle', cache_config(3, 1)).generate(keys, labels)
+    make_rollout(model, rc, 'oracle', cache_config(3, 1)).generate(rollout.inputs(keys, labels))
 
 
 def _oracle_cache(table, **options):
@@ -105,9 +107,8 @@ def _oracle_cache(table, **options):
   rc = sampling.RolloutConfig(num_frames=6, timesteps=(1000,))
   cfg = cache_config(3, 1)
   cfg.update(options)
-  sampler = sampling.Sampler(model, rc, 'oracle', cfg)
-  sampler.generate(sampling.sample_keys(0, [0, 1]), [1, 2], token_scores=table)
-  state = sampler.final_state
+  state = make_rollout(model, rc, 'oracle', cfg).generate(
+      rollout.inputs(sampling.sample_keys(0, [0, 1]), [1, 2], token_scores=table)).cache
   return np.asarray(state.frame), np.asarray(state.score)
 
 

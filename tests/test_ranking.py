@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pafukv_jax.evaluation.ranking import recall_at_budget, spearman
+from pafukv_jax.salience.ranking import recall_at_budget, spearman
 
 
 def test_recall_at_budget_against_sets():

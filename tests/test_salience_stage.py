@@ -13,7 +13,8 @@ import scipy.special
 from configs import salience as salience_config
 from pafukv_jax import checkpoints
 from pafukv_jax.models.dit import DiTConfig, init_model
-from pafukv_jax.training import loop, salience
+from pafukv_jax.salience import losses as salience
+from pafukv_jax.training import loop
 from tests.helpers import override
 
 
@@ -95,8 +96,9 @@ def test_trained_head_beats_random_on_held_out_recall(frozen_dir, tmp_path):
   assert head > rand + 0.1, (head, rand)
   assert last['eval/spearman/head'] > 0.15 > last['eval/spearman/random']
   # checkpoints every 100 steps; the head's weights load for generation
-  from pafukv_jax.models.salience import init_head
-  loaded = checkpoints.load_params(str(tmp_path), init_head(cfg.head, cfg.model))
+  from pafukv_jax.salience.head import init_head
+  model_cfg = DiTConfig.from_config(cfg.model)
+  loaded = checkpoints.load_params(str(tmp_path), init_head(cfg.head, model_cfg))
   assert loaded.fc1.kernel.shape == (cfg.model.dim, cfg.head.hidden_dim)
   lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   assert any('eval/recall@0.125/h2o' in line for line in lines)
@@ -106,7 +108,7 @@ def test_trained_head_beats_random_on_held_out_recall(frozen_dir, tmp_path):
   export.export(str(tmp_path), str(tmp_path / 'exported'))
   wrong_shape = override(cfg.head.copy_and_resolve_references(), hidden_dim=99,
                          checkpoint=str(tmp_path / 'exported'))
-  exported = generation.build_head(wrong_shape, cfg.model)
+  exported = generation.build_head(wrong_shape, model_cfg)
   np.testing.assert_array_equal(exported.fc1.kernel[...], loaded.fc1.kernel[...])
   with pytest.raises(FileExistsError):
     export.export(str(tmp_path), str(tmp_path / 'exported'))

@@ -5,9 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pafukv_jax import salience_targets
-from pafukv_jax.salience_targets import (region_salience, region_salience_from_probs,
-                                         sse_targets)
+from pafukv_jax.salience import targets as salience_targets
+from pafukv_jax.salience.targets import region_salience, region_salience_from_probs, sse_targets
 
 
 def test_hand_built_attention():
@@ -57,8 +56,10 @@ def test_teacher_regions_per_layer():
   video = jax.random.uniform(jax.random.key(0), (2, 4, 16, 16, 3), minval=-1)
   label = jnp.array([1, 2])
   got = salience_targets.teacher_regions(model, video, label, block_tokens=32)  # chunks of 2 frames
-  _, (q, k) = model(video, jnp.zeros((2, 4)), jnp.arange(4), label, return_qk=True)
-  _, (k2, _) = model(video, jnp.zeros((2, 4)), jnp.arange(4), label, return_kv=True)
+  _, aux = model(video, jnp.zeros((2, 4)), jnp.arange(4), label, collect=('q', 'k'))
+  q, k = aux['q'], aux['k']
+  _, aux2 = model(video, jnp.zeros((2, 4)), jnp.arange(4), label, collect=('k', 'v'))
+  k2 = aux2['k']
   np.testing.assert_array_equal(k, k2)  # the keys the cache would store
   assert got.shape == (2, 3, 2, 64)
   for layer in range(2):

@@ -2,15 +2,15 @@ import jax
 import numpy as np
 import pytest
 
-from pafukv_jax import sampling
+from pafukv_jax import rollout, sampling
 from pafukv_jax.compile_counter import CompileCounter
-from tests.helpers import cache_config, tiny_model
+from tests.helpers import cache_config, make_rollout, tiny_model
 
 
 def _generate(model, policy, rc, labels=(1, 4), seed=0, context=None, cache=None):
-  sampler = sampling.Sampler(model, rc, policy, cache or cache_config(budget_frames=4, sink_frames=1))
+  runner = make_rollout(model, rc, policy, cache or cache_config(budget_frames=4, sink_frames=1))
   keys = sampling.sample_keys(seed, np.arange(len(labels)))
-  return np.asarray(sampler.generate(keys, list(labels), context)), sampler
+  return np.asarray(runner.generate(rollout.inputs(keys, list(labels)), context).videos), runner
 
 
 @pytest.mark.parametrize('chunk,context_frames,sampler_kind', [
@@ -44,22 +44,19 @@ def test_bounded_cache_differs_from_full_once_it_evicts():
 def test_sixteen_chunks_compile_the_step_once_and_keep_shapes():
   model = tiny_model()
   rc = sampling.RolloutConfig(num_frames=16, timesteps=(1000, 500))
-  sampler = sampling.Sampler(model, rc, 'sink_window', cache_config(budget_frames=4, sink_frames=1))
+  runner = make_rollout(model, rc, 'sink_window', cache_config(budget_frames=4, sink_frames=1))
   shapes = []
-  original = sampler._step
-
-  def step(params, cache, *args):
-    shapes.append(jax.tree.map(lambda a: (a.shape, a.dtype), cache))
-    return original(params, cache, *args)
-
-  sampler._step = step
-  with CompileCounter('_cached_step') as compiles:
-    sampler.generate(sampling.sample_keys(0, [0, 1]), [0, 1])
-    sampler.generate(sampling.sample_keys(1, [0, 1]), [2, 3])  # a second video: no recompile
-  assert compiles.count == 1
+  with CompileCounter(rollout.chunk_step_jit) as compiles:
+    for seed, labels in ((0, [0, 1]), (1, [2, 3])):  # a second video: no recompile
+      inputs = rollout.inputs(sampling.sample_keys(seed, [0, 1]), labels)
+      state = runner.init_state(2)
+      for _ in range(rc.num_chunks):  # the public step, driven by hand
+        shapes.append(jax.tree.map(lambda a: (a.shape, a.dtype), state.cache))
+        state, _ = rollout.chunk_step_jit(runner.static, runner.params, state, inputs)
+    final = runner.generate(inputs).cache
+  assert compiles.count == 1 and compiles.by_name == {'chunk_step': 1}
   assert len(shapes) == 32 and all(s == shapes[0] for s in shapes)
-  final = jax.tree.map(lambda a: (a.shape, a.dtype), sampler.final_state)
-  assert final == shapes[0]
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), final) == shapes[0]
 
 
 def test_same_seed_same_videos_in_any_batch():
@@ -69,8 +66,8 @@ def test_same_seed_same_videos_in_any_batch():
   b, _ = _generate(model, 'window', rc, labels=(1, 4), seed=3)
   np.testing.assert_array_equal(a, b)
   # sample 1 alone (same id) is the same video as in the batch of two
-  sampler = sampling.Sampler(model, rc, 'window', cache_config(4, 1))
-  alone = np.asarray(sampler.generate(sampling.sample_keys(3, [1]), [4]))
+  runner = make_rollout(model, rc, 'window', cache_config(4, 1))
+  alone = np.asarray(runner.generate(rollout.inputs(sampling.sample_keys(3, [1]), [4])).videos)
   np.testing.assert_allclose(alone[0], a[1], atol=1e-5)
   c, _ = _generate(model, 'window', rc, labels=(1, 4), seed=4)
   assert np.max(np.abs(c - a)) > 1e-2
@@ -85,6 +82,6 @@ def test_bad_rollout_configs():
     sampling.RolloutConfig(num_frames=8, sampler='ddim').validate()
   model = tiny_model()
   rc = sampling.RolloutConfig(num_frames=4, context_frames=2)
-  sampler = sampling.Sampler(model, rc, 'full', cache_config())
+  runner = make_rollout(model, rc, 'full', cache_config())
   with pytest.raises(ValueError, match='context must have shape'):
-    sampler.generate(sampling.sample_keys(0, [0]), [0], None)
+    runner.generate(rollout.inputs(sampling.sample_keys(0, [0]), [0]), None)

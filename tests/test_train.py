@@ -35,7 +35,8 @@ def _one_step(cfg, mesh):
   with cfg.unlocked():
     cfg.data.batch_size = cfg.batch_size
   batch = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES).batch(0)
-  step = jax.jit(steps.make_train_step(graphdef, cfg, tx), out_shardings=(shardings, None))
+  step_fn = steps.make_train_step(graphdef, steps.stage_loss(cfg), tx, cfg.optimizer.ema_decay)
+  step = jax.jit(step_fn, out_shardings=(shardings, None))
   state, metrics = step(state, batch, jax.random.key(cfg.seed))
   return jax.device_get(state['params']), float(metrics['loss']), state
 
@@ -239,7 +240,8 @@ def test_ema_warms_up_then_averages(data_dir):
   with cfg.unlocked():
     cfg.data.batch_size = cfg.batch_size
   batch = data.make_pipeline(cfg.data, 'train', mesh=mesh).batch(0)
-  step = jax.jit(steps.make_train_step(graphdef, cfg, tx))
+  step = jax.jit(steps.make_train_step(graphdef, steps.stage_loss(cfg), tx,
+                                       cfg.optimizer.ema_decay))
   ema = jax.device_get(state['params'])
   for t in range(3):
     state, _ = step(state, batch, jax.random.key(0))

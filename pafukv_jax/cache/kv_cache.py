@@ -83,6 +83,8 @@ class CacheSpec:
   recent_frames: int = 0
   granularity: str = 'token'  # 'frame': a frame's tokens share their mean score, kept or evicted together
   per_layer: bool = False     # True: every layer keeps its own selection (h2o, pafu, oracle, random)
+  pafu_mix: float = 0.0       # a 'mix' policy's share of received attention in the carried score
+  num_frames: int = 0         # frames of the whole video (frame granularity groups by frame index)
 
   @property
   def capacity(self) -> int:
@@ -90,14 +92,20 @@ class CacheSpec:
 
   @classmethod
   def from_config(cls, policy, cache_config, *, num_frames, chunk_frames, tokens_per_frame):
-    """policy: a `Policy`; cache_config: fields budget_frames, sink_frames, recent_frames
-    (may be None for a policy that keeps everything)."""
+    """policy: a `Policy`; cache_config: fields budget_frames, sink_frames, recent_frames and
+    optionally granularity, per_layer, pafu_mix (may be None for a policy that keeps
+    everything)."""
+    video = dict(tokens_per_frame=tokens_per_frame, num_frames=num_frames)
     if not policy.bounded and cache_config is None:
-      return cls(policy.name, num_frames, tokens_per_frame)
+      return cls(policy.name, num_frames, **video)
     granularity = cache_config.get('granularity', 'token')
     if granularity not in GRANULARITIES:
       raise ValueError(f'cache.granularity must be one of {GRANULARITIES}, got {granularity!r}.')
-    options = dict(granularity=granularity, per_layer=bool(cache_config.get('per_layer', False)))
+    mix = float(cache_config.get('pafu_mix', 0.0)) if policy.attention == 'mix' else 0.0
+    if not 0.0 <= mix <= 1.0:
+      raise ValueError(f'cache.pafu_mix must be in [0, 1], got {mix}.')
+    options = dict(granularity=granularity, per_layer=bool(cache_config.get('per_layer', False)),
+                   pafu_mix=mix, **video)
     budget = int(cache_config.budget_frames)
     sink = int(cache_config.sink_frames) if policy.uses_sink else 0
     recent = int(cache_config.get('recent_frames', 0))
@@ -107,7 +115,7 @@ class CacheSpec:
       raise ValueError("policy='sink_window' needs cache.sink_frames >= 1 (use policy='window' "
                        'for a cache without sink frames).')
     if not policy.bounded:
-      return cls(policy.name, num_frames, tokens_per_frame, sink, recent, **options)
+      return cls(policy.name, num_frames, sink_frames=sink, recent_frames=recent, **options)
     if budget < chunk_frames:
       raise ValueError(
           f'cache.budget_frames={budget} is smaller than one chunk ({chunk_frames} frames): the '
@@ -118,7 +126,7 @@ class CacheSpec:
           f'cache.budget_frames={budget} cannot hold cache.sink_frames={sink} plus the newest '
           f'{recent} frames (chunk or cache.recent_frames): raise the budget to '
           f'>= {sink + recent} frames or lower sink_frames / recent_frames.')
-    return cls(policy.name, budget, tokens_per_frame, sink, recent, **options)
+    return cls(policy.name, budget, sink_frames=sink, recent_frames=recent, **options)
 
 
 def _write_slots(k, v, frame, score, k_new, v_new, frame_new, score_new, keep):

@@ -1,9 +1,19 @@
 """Cache policies. A policy is a score: the update keeps the highest-scoring tokens.
 
-Each scoring function maps the candidates of one update (cached slots, then incoming tokens) to
-a keep score: fn(frame [L, B, M] int, score [L, B, M] carried score, keys [B]) -> [L, B, M].
+A `Policy` says, in one place, everything the rollout does differently for it:
+  * `keep`: the keep score of every candidate of an update (cached slots, then incoming tokens),
+    fn(frame [L, B, M] int, score [L, B, M] carried score, keys [B]) -> [L, B, M]; with
+    cache.per_layer, `keep_per_layer` if it has one;
+  * `incoming`: the score an incoming token carries into the cache: 'none' (0), 'head' (the
+    salience head's, pafu) or 'table' (given per-token scores, the oracle's);
+  * `attention`: whether the attention each cached slot receives is added to its carried score:
+    'none', 'all' (h2o) or 'mix' (pafu: a share cache.pafu_mix of it, the head's the rest);
+  * `bounded` (False: the whole video fits, nothing is evicted) and `uses_sink`.
+The granularity (cache.granularity='frame': a frame's tokens share their mean keep score) and
+per-layer selections (cache.per_layer) are the `CacheSpec`'s and apply to every policy.
 The update always admits the incoming chunk and protects sink and recent frames (kv_cache.py).
-Adding a policy means adding one function and one `Policy` line to `POLICIES`.
+
+Adding a policy is one `keep` function and one `Policy(...)` line in `POLICIES` (see README).
 `recompute` is not a cache policy: it re-runs the block-causal model over the whole history
 for every chunk and is the reference the cached policies are checked against.
 """
@@ -13,6 +23,12 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from pafukv_jax.cache import kv_cache
+
+KeepFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+INCOMING = ('none', 'head', 'table')
+ATTENTION = ('none', 'all', 'mix')
 
 
 def recency(frame, score, keys):
@@ -55,18 +71,79 @@ def frame_mean(keep, frame, num_frames: int):
   return jax.vmap(jax.vmap(one_row))(keep, ids)
 
 
+def table_lookup(table, token_index):
+  """Scores of tokens by absolute index [B, N] from a table [B, T*S] (or [L, B, T*S])."""
+  index = jnp.broadcast_to(token_index, (*table.shape[:-1], token_index.shape[-1]))
+  return jnp.take_along_axis(table.astype(jnp.float32), index, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
   name: str
-  score: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-  bounded: bool = True            # False: capacity is the whole video, nothing is ever evicted
-  uses_sink: bool = True          # False: cache.sink_frames is ignored
-  needs_attention: bool = False   # True: the rollout adds the attention each slot receives to
-                                  # its carried score (a second pass over the cache)
-  scorer: str = ''                # 'head': incoming tokens score by the salience head (pafu);
-                                  # 'table': by given per-token scores (oracle)
-  mixes_attention: bool = False   # pafu: score = (1 - mix) head + mix accumulated attention
-  per_layer_score: Callable | None = None  # the score with cache.per_layer (default: `score`)
+  keep: KeepFn
+  keep_per_layer: KeepFn | None = None  # the keep score with cache.per_layer (default: keep)
+  bounded: bool = True
+  uses_sink: bool = True                # False: cache.sink_frames is ignored
+  incoming: str = 'none'                # one of INCOMING
+  attention: str = 'none'               # one of ATTENTION
+
+  def __post_init__(self):
+    if self.incoming not in INCOMING or self.attention not in ATTENTION:
+      raise ValueError(f'Policy {self.name!r}: incoming must be one of {INCOMING} and attention '
+                       f'one of {ATTENTION}.')
+
+  # -- what the rollout asks of a policy --------------------------------------------------------
+
+  def attention_weight(self, spec: kv_cache.CacheSpec) -> float:
+    """The share of the attention a slot receives that is added to its carried score."""
+    return dict(none=0.0, all=1.0, mix=spec.pafu_mix)[self.attention]
+
+  def collect(self, spec: kv_cache.CacheSpec, writing: bool) -> tuple[str, ...]:
+    """What a cached forward must return for this policy (model `collect`): the keys and values
+    in the pass that writes, the attention the slots receive, the features the head reads."""
+    names = ('k', 'v') if writing else ()
+    if self.attention_weight(spec) > 0:
+      names += ('cache_mass',)
+    if writing and self.incoming == 'head':
+      names += ('hidden',)
+    return names
+
+  def receive(self, spec, cache: kv_cache.KVCache, masses) -> kv_cache.KVCache:
+    """Adds the attention the slots received in these passes (masses: [L, B, C] each), times
+    the attention weight, to their carried score: averaged over layers (one selection shared by
+    all layers), or each layer's own with cache.per_layer."""
+    weight = self.attention_weight(spec)
+    if weight == 0 or not masses:
+      return cache
+    received = sum(masses)
+    if not spec.per_layer:
+      received = jnp.mean(received, axis=0, keepdims=True)
+    return cache.replace(score=cache.score + weight * received)
+
+  def incoming_score(self, spec, aux, token_index, num_layers, head=None, table=None):
+    """The score [L, B, N] each incoming token carries into the cache. aux: the writing pass's
+    outputs; token_index [B, N] absolute token indices; head(hidden, token_index) -> [B, N] or
+    [L, B, N];
+    table: the oracle's scores [B, T*S] or [L, B, T*S]."""
+    b, n = token_index.shape
+    score = jnp.zeros((b, n))
+    if self.incoming == 'head':
+      score = head(aux['hidden'], token_index).astype(jnp.float32)
+    elif self.incoming == 'table':
+      score = table_lookup(table, token_index)
+    if score.ndim == 3 and not spec.per_layer:
+      score = score.mean(axis=0)  # a per-layer scorer, one shared selection
+    return jnp.broadcast_to((1.0 - self.attention_weight(spec)) * score, (num_layers, b, n))
+
+  def keep_score(self, spec, cache: kv_cache.KVCache, token_frames, incoming, keys):
+    """The keep score [L, B, C + N] of every cached slot, then every incoming token."""
+    frames = jnp.concatenate([cache.frame, jnp.broadcast_to(token_frames, incoming.shape)], -1)
+    scores = jnp.concatenate([cache.score, incoming], axis=-1)
+    fn = (self.keep_per_layer if spec.per_layer else None) or self.keep
+    keep = fn(frames, scores, keys)
+    if spec.granularity == 'frame':
+      keep = frame_mean(keep, frames, spec.num_frames)
+    return keep
 
 
 POLICIES = {
@@ -74,24 +151,12 @@ POLICIES = {
         Policy('full', recency, bounded=False, uses_sink=False),
         Policy('window', recency, uses_sink=False),
         Policy('sink_window', recency),
-        Policy('h2o', carried, needs_attention=True),
-        Policy('random', uniform, per_layer_score=uniform_per_layer),
-        Policy('pafu', carried, scorer='head', mixes_attention=True),
-        Policy('oracle', carried, scorer='table'),
+        Policy('h2o', carried, attention='all'),
+        Policy('random', uniform, keep_per_layer=uniform_per_layer),
+        Policy('pafu', carried, incoming='head', attention='mix'),
+        Policy('oracle', carried, incoming='table'),
     )
 }
-
-
-def attention_weight(policy: Policy, cache_config) -> float:
-  """How much of the attention each slot receives is added to its carried score."""
-  if policy.needs_attention:
-    return 1.0
-  if policy.mixes_attention:
-    mix = float(cache_config.get('pafu_mix', 0.0)) if cache_config is not None else 0.0
-    if not 0.0 <= mix <= 1.0:
-      raise ValueError(f'cache.pafu_mix must be in [0, 1], got {mix}.')
-    return mix
-  return 0.0
 RECOMPUTE = 'recompute'
 ROLLOUT_POLICIES = (RECOMPUTE, *POLICIES)
 
@@ -100,3 +165,13 @@ def get_policy(name: str) -> Policy:
   if name not in POLICIES:
     raise ValueError(f'Unknown policy {name!r}; choose one of {list(ROLLOUT_POLICIES)}.')
   return POLICIES[name]
+
+
+def cache_spec(name: str, cache_config, *, num_frames, chunk_frames, tokens_per_frame):
+  """The CacheSpec of policy `name` from a config's `cache` fields (checked); None for
+  'recompute', which keeps no cache."""
+  if name == RECOMPUTE:
+    return None
+  return kv_cache.CacheSpec.from_config(get_policy(name), cache_config, num_frames=num_frames,
+                                        chunk_frames=chunk_frames,
+                                        tokens_per_frame=tokens_per_frame)

@@ -20,19 +20,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pafukv_jax.cache.kv_cache import CacheRead
+from pafukv_jax.models.layers import dense
 from pafukv_jax.models.rope import apply_rope
 
 _NEG_INF = -jnp.inf
 ATTENTION_IMPLS = ('blockwise', 'masked', 'xla', 'cudnn')
-
-
-def dense(cfg, din, dout, axes, rngs, init=nnx.initializers.lecun_normal()):
-  """Linear layer with logical axis names on its kernel and bias."""
-  return nnx.Linear(
-      din, dout, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-      kernel_init=nnx.with_partitioning(init, axes),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[-1:]),
-      rngs=rngs)
 
 
 # -- softmax pieces ---------------------------------------------------------------------------
@@ -195,7 +187,7 @@ class SelfAttention(_Attention):
 
   def __call__(self, x, angles, mask=None, cache=None, layer=None, with_mass=False):
     """Returns (output [B, N, dim], internals): internals holds q, k, v [B, H, N, Dh] of these
-    tokens (k rotated, as the cache stores it) and, with `with_mass`, `mass` [B, C], the attention
+    tokens (k rotated, as the cache stores it) and, with `with_mass`, `cache_mass` [B, C], the attention
     each cache slot received.
 
     cache: None, or a CacheRead whose slots of `layer` are attended to as well.
@@ -207,7 +199,7 @@ class SelfAttention(_Attention):
     else:
       out, mass = cached_attention(q, k, v, cache, layer, self.impl, with_mass)
       if with_mass:
-        internals['mass'] = mass
+        internals['cache_mass'] = mass
     return self._out(out), internals
 
 

@@ -21,10 +21,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pafukv_jax.models.attention import (ATTENTION_IMPLS, CrossAttention, SelfAttention,
-                                         block_causal_mask, dense)
+                                         block_causal_mask)
+from pafukv_jax.models.layers import MLP, dense, gelu_tanh, layer_norm
 from pafukv_jax.models.rope import rope_angles, token_positions
 
 ATTENTION_MODES = ('bidirectional', 'block_causal', 'cached')
+# What a forward can also return in its `aux` dict (each stacked over layers):
+#   q, k [L, B, H, N, Dh]  the self-attention's queries and keys, rotated by RoPE (as cached);
+#   v    [L, B, H, N, Dh];
+#   cache_mass [L, B, C]   the attention each cache slot received (mode='cached'; a second pass
+#                          over the cache);
+#   hidden [L, B, N, dim]  every block's output per token (the salience head's features).
+COLLECTABLE = ('q', 'k', 'v', 'cache_mass', 'hidden')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,37 +116,16 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def _layer_norm(cfg, dim, rngs, affine=False):
-  return nnx.LayerNorm(dim, epsilon=cfg.eps, use_bias=affine, use_scale=affine,
-                       dtype=cfg.compute_dtype, rngs=rngs)
-
-
-class MLP(nnx.Module):
-  """Two linear layers with an activation between (Wan's `nn.Sequential(Linear, act, Linear)`)."""
-
-  def __init__(self, cfg, din, dhidden, dout, act, axes=('embed', 'mlp'), *, rngs):
-    self.fc1 = dense(cfg, din, dhidden, axes, rngs)
-    self.fc2 = dense(cfg, dhidden, dout, axes[::-1], rngs)
-    self.act = act
-
-  def __call__(self, x):
-    return self.fc2(self.act(self.fc1(x)))
-
-
-def _gelu_tanh(x):
-  return jax.nn.gelu(x, approximate=True)
-
-
 class DiTBlock(nnx.Module):
   """One transformer block; activations are [B, T, S, dim] (S tokens per frame)."""
 
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
-    self.norm1 = _layer_norm(cfg, cfg.dim, rngs)
+    self.norm1 = layer_norm(cfg, cfg.dim, rngs)
     self.self_attn = SelfAttention(cfg, rngs=rngs)
-    self.norm3 = _layer_norm(cfg, cfg.dim, rngs, affine=True)
+    self.norm3 = layer_norm(cfg, cfg.dim, rngs, affine=True)
     self.cross_attn = CrossAttention(cfg, rngs=rngs)
-    self.norm2 = _layer_norm(cfg, cfg.dim, rngs)
-    self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, _gelu_tanh, rngs=rngs)
+    self.norm2 = layer_norm(cfg, cfg.dim, rngs)
+    self.ffn = MLP(cfg, cfg.dim, cfg.ffn_dim, cfg.dim, gelu_tanh, rngs=rngs)
     init = nnx.initializers.normal(1.0 / math.sqrt(cfg.dim))
     self.modulation = nnx.Param(
         nnx.with_partitioning(init, (None, 'embed'))(rngs.params(), (6, cfg.dim)))
@@ -167,7 +154,7 @@ class Head(nnx.Module):
 
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
     out = cfg.patch_size ** 2 * cfg.channels
-    self.norm = _layer_norm(cfg, cfg.dim, rngs)
+    self.norm = layer_norm(cfg, cfg.dim, rngs)
     self.head = dense(cfg, cfg.dim, out, ('embed', None), rngs)
     init = nnx.initializers.normal(1.0 / math.sqrt(cfg.dim))
     self.modulation = nnx.Param(
@@ -193,7 +180,7 @@ class VideoDiT(nnx.Module):
         cfg.num_classes + 1, cfg.num_cond_tokens * cfg.cond_dim,
         embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ('vocab', 'embed')),
         rngs=rngs)
-    self.text_embedding = MLP(cfg, cfg.cond_dim, cfg.dim, cfg.dim, _gelu_tanh, rngs=rngs)
+    self.text_embedding = MLP(cfg, cfg.cond_dim, cfg.dim, cfg.dim, gelu_tanh, rngs=rngs)
     self.time_embedding = MLP(cfg, cfg.freq_dim, cfg.dim, cfg.dim, jax.nn.silu, rngs=rngs)
     self.time_projection = dense(cfg, cfg.dim, 6 * cfg.dim, ('embed', 'mlp'), rngs)
     if cfg.frame_cond_dim:
@@ -226,7 +213,7 @@ class VideoDiT(nnx.Module):
   def time_condition(self, t, frame_cond=None):
     """Per-frame (e [B, T, dim], e0 [B, T, 6, dim]) for noise levels t [B, T] in [0, 1]."""
     e = self.time_embedding(timestep_embedding(1000.0 * t, self.cfg.freq_dim))
-    if self.cfg.frame_cond_dim:
+    if self.cfg.frame_cond_dim:  # a model without one ignores frame_cond
       if frame_cond is None:
         raise ValueError('This model has frame_cond_dim > 0: pass frame_cond [B, T, frame_cond_dim].')
       e = e + self.frame_cond_embedding(frame_cond.astype(e.dtype) * self.cfg.frame_cond_scale)
@@ -234,9 +221,9 @@ class VideoDiT(nnx.Module):
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
   def run_blocks(self, x, e0, context, angles, mask, cache, keep=()):
-    """All blocks; returns (x, {name: [L, ...]}) with the internals named in `keep` stacked
-    over layers: q, k, v [L, B, H, N, Dh], mass [L, B, C], hidden [L, B, N, dim]. Only those are
-    kept, so the layer loop carries nothing it does not return.
+    """All blocks; returns (x, {name: [L, ...]}) with the internals named in `keep` (of
+    COLLECTABLE) stacked over layers. Only those are kept, so the layer loop carries nothing it
+    does not return.
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing
     per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
@@ -244,7 +231,7 @@ class VideoDiT(nnx.Module):
 
     def layer(x, layer_state, index):
       block = nnx.merge(graphdef, layer_state)
-      x, internals = block(x, e0, context, angles, mask, cache, index, 'mass' in keep)
+      x, internals = block(x, e0, context, angles, mask, cache, index, 'cache_mass' in keep)
       return x, {name: internals[name] for name in keep}
 
     if self.cfg.scan_layers:
@@ -258,30 +245,28 @@ class VideoDiT(nnx.Module):
   # -- forward --------------------------------------------------------------------------------
 
   def __call__(self, video, t, frame_index, label, frame_cond=None, *, mode='bidirectional',
-               chunk_frames=1, cache=None, return_kv=False, return_cache_mass=False,
-               return_qk=False, return_hidden=False):
-    """Predicts the flow velocity for `video` [B, T, H, W, C].
+               chunk_frames=1, cache=None, collect=()):
+    """Predicts the flow velocity for `video` [B, T, H, W, C]; returns (velocity, aux).
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
     frame_index: [B, T] or [T] absolute frame indices (RoPE positions and chunk membership).
     label: [B] int class labels (num_classes = unconditional).
+    frame_cond: [B, T, frame_cond_dim] per-frame conditioning (camera motion); ignored by a model
+      with frame_cond_dim = 0.
     mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
     cache: for 'cached', the `KVCache.read()` every block attends to.
-    return_kv: also return the (k, v) [L, B, H, T*S, Dh] of these tokens, as the cache stores them.
-    return_cache_mass: also return the attention mass [L, B, C] each cache slot received (summed
-      over this chunk's queries, averaged over heads); costs a second pass over the cache.
-    return_qk: also return the self-attention queries and keys (q, k) [L, B, H, T*S, Dh], both
-      rotated (for the teacher's salience targets).
-    return_hidden: also return every block's output per token [L, B, T*S, dim] (the features of
-      the salience head).
-    Returns the velocity [B, T, H, W, C], followed by what was asked for, in this order.
+    collect: names of COLLECTABLE internals to return in `aux` (only those are kept).
+    Returns velocity [B, T, H, W, C] (float32) and aux {name: array} for the names collected.
     """
     if mode not in ATTENTION_MODES:
       raise ValueError(f'Unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}.')
     if (mode == 'cached') != (cache is not None):
       raise ValueError("cache is required by mode='cached' and only by it.")
-    if return_cache_mass and cache is None:
-      raise ValueError('return_cache_mass needs a cache.')
+    unknown = sorted(set(collect) - set(COLLECTABLE))
+    if unknown:
+      raise ValueError(f'Cannot collect {unknown}; choose from {COLLECTABLE}.')
+    if 'cache_mass' in collect and cache is None:
+      raise ValueError("collect='cache_mass' needs a cache (mode='cached').")
     cfg = self.cfg
     b, nt = video.shape[:2]
     frame_index = jnp.broadcast_to(frame_index, (b, nt))
@@ -293,21 +278,9 @@ class VideoDiT(nnx.Module):
     mask = None
     if mode == 'block_causal':
       mask = block_causal_mask(positions[..., 0], chunk_frames)
-    asked = [(return_kv, ('k', 'v')), (return_cache_mass, ('mass',)), (return_qk, ('q', 'k')),
-             (return_hidden, ('hidden',))]
-    keep = tuple(sorted({name for flag, names in asked if flag for name in names}))
-    x, internals = self.run_blocks(x, e0, context, angles, mask, cache, keep)
+    x, aux = self.run_blocks(x, e0, context, angles, mask, cache, tuple(sorted(set(collect))))
     velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
-    outputs = [velocity]
-    if return_kv:
-      outputs.append((internals['k'], internals['v']))
-    if return_cache_mass:
-      outputs.append(internals['mass'])
-    if return_qk:
-      outputs.append((internals['q'], internals['k']))
-    if return_hidden:
-      outputs.append(internals['hidden'])
-    return tuple(outputs) if len(outputs) > 1 else velocity
+    return velocity, aux
 
 
 def init_model(cfg: DiTConfig, seed: int = 0) -> VideoDiT:

@@ -20,10 +20,11 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from pafukv_jax import checkpoints, data, parallel, sampling, video_io
+from pafukv_jax import checkpoints, data, parallel, rollout, sampling, video_io
 from pafukv_jax.models.dit import DiTConfig, init_model
-from pafukv_jax.models.salience import init_head
-from pafukv_jax.training import salience, steps
+from pafukv_jax.salience import distill
+from pafukv_jax.salience.head import init_head
+from pafukv_jax.training import steps
 
 # Fields a resumed run may not change: they define what the checkpoint means.
 FROZEN_FIELDS = ('stage', 'model', 'chunk_frames', 'data.dataset', 'data.num_frames',
@@ -44,8 +45,9 @@ def _frozen(cfg, field):
   return _get(cfg, field)
 
 
-def check_config(cfg, workdir):
-  """Validates cfg and, for a workdir with a saved config, that it means the same run."""
+def check_config(cfg, workdir) -> DiTConfig:
+  """Validates cfg and, for a workdir with a saved config, that it means the same run; returns
+  the model's typed config."""
   if cfg.stage not in steps.STAGES:
     raise ValueError(f'Unknown stage {cfg.stage!r}; expected one of {steps.STAGES}.')
   for field in ('total_steps', 'batch_size', 'log_every', 'checkpoint_every'):
@@ -57,9 +59,9 @@ def check_config(cfg, workdir):
   if cfg.data.num_frames % cfg.chunk_frames:
     raise ValueError(f'data.num_frames={cfg.data.num_frames} is not a multiple of '
                      f'chunk_frames={cfg.chunk_frames}.')
-  DiTConfig.from_config(cfg.model)
+  model_cfg = DiTConfig.from_config(cfg.model)
   if cfg.stage == 'salience':
-    salience.check_config(cfg)
+    distill.check_config(cfg)
   saved_path = os.path.join(workdir, 'config.json')
   if os.path.exists(saved_path):
     with open(saved_path) as f:
@@ -74,6 +76,7 @@ def check_config(cfg, workdir):
     if diffs:
       raise ValueError(f'{workdir} holds a run with other {", ".join(diffs)}: resume it with its '
                        f'own config ({saved_path}) or start a new --workdir.')
+  return model_cfg
 
 
 class MetricWriter:
@@ -110,12 +113,13 @@ class _Stop:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def build(cfg, mesh):
+def build(cfg, mesh, model_cfg: DiTConfig | None = None):
   """Trained module's graph, sharded initial train state, its shardings and the optimizer."""
+  model_cfg = model_cfg or DiTConfig.from_config(cfg.model)
   if cfg.stage == 'salience':
-    model = init_head(cfg.head, cfg.model, cfg.seed)
+    model = init_head(cfg.head, model_cfg, cfg.seed)
   else:
-    model = init_model(DiTConfig.from_config(cfg.model), cfg.seed)
+    model = init_model(model_cfg, cfg.seed)
   if cfg.init_from:
     checkpoints.load_params(cfg.init_from, model)  # read only: the teacher is never re-saved
   graphdef, params = nnx.split(model)
@@ -131,12 +135,13 @@ class SampleWriter:
   """Sample videos during training: the teacher's bidirectional sampler, the student's rollout."""
 
   def __init__(self, cfg, graphdef, batch):
-    self.cfg, self.graphdef = cfg, graphdef
+    self.stage, self.graphdef = cfg.stage, graphdef
     n = cfg.sample.num_samples
     self.label = jnp.asarray(np.asarray(batch['label'])[:n], jnp.int32)
     cond = batch.get('frame_cond')
     self.frame_cond = None if cond is None else jnp.asarray(np.asarray(cond)[:n])
-    self.keys = sampling.sample_keys(cfg.seed, np.arange(n))
+    self.inputs = rollout.inputs(sampling.sample_keys(cfg.seed, np.arange(n)), self.label,
+                                 self.frame_cond)
     self.rc = sampling.RolloutConfig(num_frames=cfg.data.num_frames, chunk_frames=cfg.chunk_frames,
                                      timesteps=tuple(cfg.sample.timesteps), shift=cfg.sample.shift)
     self._clip = jax.jit(lambda params, keys, label, cond: sampling.sample_clip(
@@ -145,15 +150,14 @@ class SampleWriter:
 
   def __call__(self, params, out_dir):
     params = jax.device_get(params)
-    if self.cfg.stage == 'teacher':
-      videos = self._clip(params, self.keys, self.label, self.frame_cond)
+    if self.stage == 'teacher':
+      videos = self._clip(params, self.inputs.keys, self.label, self.frame_cond)
     else:
       if self._rollout is None:
         model = nnx.merge(self.graphdef, params)
-        self._rollout = sampling.Sampler(model, self.rc, 'full')
-      self._rollout.params = params
-      cond = self.frame_cond if self.cfg.model.frame_cond_dim else None
-      videos = self._rollout.generate(self.keys, self.label, None, cond)
+        self._rollout = rollout.Rollout(model, self.rc, rollout.full_cache_spec(self.rc, model.cfg))
+      self._rollout.params = dict(model=params, head=None)
+      videos = self._rollout.generate(self.inputs).videos
     os.makedirs(out_dir, exist_ok=True)
     for i, video in enumerate(np.asarray(videos)):
       video_io.write_gif(os.path.join(out_dir, f'sample_{i:02d}.gif'), video, scale=4)
@@ -162,7 +166,7 @@ class SampleWriter:
 def train(cfg, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the metrics of the last logged step."""
   # -- check: everything that can be wrong is found before any work -----------------------------
-  check_config(cfg, workdir)
+  model_cfg = check_config(cfg, workdir)
   parallel.maybe_initialize_distributed(cfg.multihost)
   mesh = parallel.make_mesh(cfg.mesh)
   with cfg.unlocked():
@@ -170,8 +174,9 @@ def train(cfg, workdir: str) -> dict:
   pipeline = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES)
   frozen = targets_fn = None
   if cfg.stage == 'salience':  # batches become (student features, teacher targets) in the step
-    frozen, targets_fn = salience.load_frozen(cfg, mesh)  # before the workdir: a wrong-shaped
-  os.makedirs(workdir, exist_ok=True)                     # teacher leaves nothing behind
+    frozen, targets_fn = distill.load_frozen(  # before the workdir: a wrong-shaped teacher
+        cfg, model_cfg, distill.check_config(cfg), mesh)  # leaves nothing behind
+  os.makedirs(workdir, exist_ok=True)
 
   # -- set up, then restore ----------------------------------------------------------------------
   ckpt = checkpoints.TrainCheckpoints(workdir, cfg.max_to_keep)
@@ -179,7 +184,7 @@ def train(cfg, workdir: str) -> dict:
   if resume is not None and cfg.init_from:
     with cfg.unlocked():
       cfg.init_from = ''  # the checkpoint already holds the trained weights
-  graphdef, state, state_shardings, tx = build(cfg, mesh)
+  graphdef, state, state_shardings, tx = build(cfg, mesh, model_cfg)
   start = 0
   if resume is not None:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -191,7 +196,9 @@ def train(cfg, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
 
-  train_step = jax.jit(steps.make_train_step(graphdef, cfg, tx, targets_fn), donate_argnums=(0,),
+  step_fn = steps.make_train_step(graphdef, steps.stage_loss(cfg), tx, cfg.optimizer.ema_decay,
+                                  targets_fn)
+  train_step = jax.jit(step_fn, donate_argnums=(0,),
                        out_shardings=(state_shardings, parallel.replicated(mesh)))
   key = jax.random.key(cfg.seed)
   writer = MetricWriter(workdir)
@@ -227,7 +234,7 @@ def train(cfg, workdir: str) -> dict:
         ckpt.save(done, state, dict(step=done))
       if targets_fn is not None and (done % cfg.eval_every == 0 or done == end):
         jax.block_until_ready(state)  # one multi-device program at a time (CPU collectives)
-        eval_metrics = salience.evaluate(cfg, graphdef, state['params'], frozen, targets_fn, mesh)
+        eval_metrics = distill.evaluate(cfg, graphdef, state['params'], frozen, targets_fn, mesh)
         writer.write(done, eval_metrics)
         last.update(eval_metrics)
       if cfg.sample_every and done % cfg.sample_every == 0 and targets_fn is None:

@@ -5,8 +5,11 @@ student: block-causal attention by chunk of F frames; every chunk draws its own 
          clean (t = 0) with probability `clean_context_prob`, as the cached rollout's context is,
          so a parallel forward sees what generation sees. Clean chunks carry no loss.
 salience: the Salience Estimation Head on (student features, teacher SSE) batches
-         (training/salience.py); teacher and student are frozen.
+         (salience/distill.py, salience/losses.py); teacher and student are frozen.
 """
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,7 @@ import optax
 from flax import nnx
 
 from pafukv_jax import diffusion
-from pafukv_jax.training import salience
+from pafukv_jax.salience import losses
 
 STAGES = ('teacher', 'student', 'salience')
 
@@ -39,19 +42,33 @@ def _inputs(batch, key, num_classes, label_dropout):
   return x0, label, batch.get('frame_cond'), valid
 
 
-def teacher_loss(model, batch, key, cfg):
+@dataclasses.dataclass(frozen=True)
+class FlowLossConfig:
+  """What the teacher's and the student's losses read, parsed once from a training config."""
+  label_dropout: float = 0.1       # labels replaced by the null label (classifier-free guidance)
+  train_shift: float = 3.0         # shift of the training noise levels
+  chunk_frames: int = 1            # student: frames per block-causal chunk
+  clean_context_prob: float = 0.5  # student: probability that a context chunk is clean
+
+  @classmethod
+  def from_config(cls, cfg) -> 'FlowLossConfig':
+    return cls(float(cfg.label_dropout), float(cfg.train_shift), int(cfg.chunk_frames),
+               float(cfg.clean_context_prob))
+
+
+def teacher_loss(model, batch, key, cfg: FlowLossConfig):
   k_label, k_t, k_noise = jax.random.split(key, 3)
   x0, label, frame_cond, valid = _inputs(batch, k_label, model.cfg.num_classes,
                                          cfg.label_dropout)
   b, t = x0.shape[:2]
   level = diffusion.sample_train_time(k_t, (b, 1), cfg.train_shift) * jnp.ones((b, t))
   noise = jax.random.normal(k_noise, x0.shape)
-  v = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label,
-            _cond(model, frame_cond), mode='bidirectional')
+  v, _ = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label, frame_cond,
+               mode='bidirectional')
   return diffusion.flow_matching_loss(v, x0, noise, valid[:, None] * jnp.ones((b, t)))
 
 
-def student_loss(model, batch, key, cfg):
+def student_loss(model, batch, key, cfg: FlowLossConfig):
   k_label, k_t, k_clean, k_noise = jax.random.split(key, 4)
   x0, label, frame_cond, valid = _inputs(batch, k_label, model.cfg.num_classes,
                                          cfg.label_dropout)
@@ -62,17 +79,18 @@ def student_loss(model, batch, key, cfg):
   clean = clean.at[:, -1].set(False)  # the last chunk is never context: something to learn
   level = jnp.repeat(jnp.where(clean, 0.0, chunk_level), f, axis=1)
   noise = jax.random.normal(k_noise, x0.shape)
-  v = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label,
-            _cond(model, frame_cond), mode='block_causal', chunk_frames=f)
+  v, _ = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label, frame_cond,
+               mode='block_causal', chunk_frames=f)
   weights = (level > 0).astype(jnp.float32) * valid[:, None]
   return diffusion.flow_matching_loss(v, x0, noise, weights)
 
 
-def _cond(model, frame_cond):
-  return frame_cond if model.cfg.frame_cond_dim else None
-
-
-LOSSES = {'teacher': teacher_loss, 'student': student_loss, 'salience': salience.distill_loss}
+def stage_loss(cfg):
+  """loss(module, batch, key) of cfg.stage, with its typed config bound."""
+  if cfg.stage == 'salience':
+    return functools.partial(losses.distill_loss, cfg=losses.DistillConfig.from_config(cfg))
+  loss = dict(teacher=teacher_loss, student=student_loss)[cfg.stage]
+  return functools.partial(loss, cfg=FlowLossConfig.from_config(cfg))
 
 
 def init_state(params, tx, ema_decay):
@@ -80,11 +98,11 @@ def init_state(params, tx, ema_decay):
               ema=params if ema_decay else None)
 
 
-def make_train_step(graphdef, cfg, tx, prepare=None):
+def make_train_step(graphdef, loss_fn, tx, ema_decay: float, prepare=None):
   """step(state, batch, key, frozen=None) -> (state, metrics); state = dict(step, params,
-  opt_state, ema). prepare(frozen, batch, key) -> batch, if given, turns the data batch into the
-  loss's inputs with frozen models inside the same program (the salience stage's targets)."""
-  loss_fn = LOSSES[cfg.stage]
+  opt_state, ema). loss_fn(module, batch, key): e.g. `stage_loss(cfg)`. prepare(frozen, batch,
+  key) -> batch, if given, turns the data batch into the loss's inputs with frozen models inside
+  the same program (the salience stage's targets)."""
 
   def step(state, batch, key, frozen=None):
     key = jax.random.fold_in(key, state['step'])
@@ -95,7 +113,7 @@ def make_train_step(graphdef, cfg, tx, prepare=None):
     def loss_of(params):
       # with model.dtype='bfloat16' layers compute in bf16; these master weights stay float32
       model = nnx.merge(graphdef, params)
-      return loss_fn(model, batch, key, cfg)
+      return loss_fn(model, batch, key)
 
     loss, grads = jax.value_and_grad(loss_of)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -104,7 +122,7 @@ def make_train_step(graphdef, cfg, tx, prepare=None):
     if ema is not None:
       # warm-up: early on, a 0.999 average would still be mostly the random initialisation
       t = state['step'].astype(jnp.float32)
-      d = jnp.minimum(cfg.optimizer.ema_decay, (1.0 + t) / (10.0 + t))
+      d = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
       ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, params)
     metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(params))

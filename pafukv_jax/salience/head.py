@@ -2,12 +2,12 @@
 
 A small MLP on the student's per-token features from the clean pass that writes the cache (the
 output of block `feature_layer`), one score per token. It is distilled from the bidirectional
-teacher's salience (salience_targets.py), which saw the future the student cannot. Its cost is
+teacher's salience (targets.py), which saw the future the student cannot. Its cost is
 one LayerNorm and two small matmuls per token: negligible next to a chunk step.
 
-A head is called as head(hidden [L, B, N, dim], token_index [B, N]) -> scores [B, N], or [L, B, N]
-for a per-layer head (one selection per layer); the learned head ignores token_index,
-`TableScorer` (the `oracle` policy's scores) looks it up.
+A head is called as head(hidden [L, B, N, dim], token_index [B, N]) -> scores [B, N], or
+[L, B, N] for a per-layer head (one selection per layer). The learned head ignores token_index
+(the absolute index of each token); a scorer that looks scores up by it may take the head's place.
 """
 
 import jax
@@ -31,11 +31,6 @@ class SalienceHead(nnx.Module):
     out = self.fc2(jax.nn.gelu(self.fc1(x)))
     return out[..., 0] if out.shape[-1] == 1 else jnp.moveaxis(out, -1, 0)
 
-  def flops_per_token(self) -> int:
-    dim, hid = self.fc1.kernel.shape
-    out = self.fc2.kernel.shape[1]
-    return 2 * dim * hid + 2 * hid * out + 8 * dim  # two matmuls, gelu and norm (roughly)
-
 
 def init_head(head_cfg, model_cfg, seed: int = 0) -> SalienceHead:
   """The head that `head_cfg` (configs/salience.py's `head`) describes, on a DiT of `model_cfg`."""
@@ -45,17 +40,3 @@ def init_head(head_cfg, model_cfg, seed: int = 0) -> SalienceHead:
                      f'{num_layers}-layer model.')
   return SalienceHead(model_cfg.dim, head_cfg.hidden_dim, head_cfg.feature_layer,
                       num_layers if head_cfg.per_layer else 1, rngs=nnx.Rngs(seed))
-
-
-class TableScorer(nnx.Module):
-  """Scores looked up by absolute token index from a table [B, T*S], or [L, B, T*S] with one row
-  per layer (the oracle's)."""
-
-  def __init__(self, table):
-    self.table = nnx.Variable(jnp.asarray(table, jnp.float32))
-
-  def __call__(self, hidden, token_index):
-    del hidden
-    table = self.table[...]
-    index = jnp.broadcast_to(token_index, (*table.shape[:-1], token_index.shape[-1]))
-    return jnp.take_along_axis(table, index, axis=-1)

@@ -120,16 +120,6 @@ def teacher_regions(model, video, label, frame_cond=None, *, block_tokens: int,
   level = jnp.full((b, t), noise_level, jnp.float32)
   if noise_level:
     video = diffusion.add_noise(video, jax.random.normal(key, video.shape), level)
-  _, (q, k) = model(video, level, jnp.arange(t), label, frame_cond, mode='bidirectional',
-                    return_qk=True)
-  return jax.vmap(lambda q, k: region_salience(q, k, block_tokens))(q, k)
-
-
-def oracle_scores(teacher, video, label, frame_cond=None, *, chunk_frames: int,
-                  weights=(1.0, 0.5, 1.0), normalize: str = 'max', per_layer: bool = False):
-  """The `oracle` policy's token scores [B, T*S] (or [L, B, T*S]): the teacher's SSE on a whole
-  generated video, typically the `full` rollout with the same noise. Not deployable: it needs the
-  frames the cache has yet to generate."""
-  regions = teacher_regions(teacher, video, label, frame_cond,
-                            block_tokens=chunk_frames * teacher.cfg.tokens_per_frame)
-  return sse_targets(regions, weights, normalize, per_layer)
+  _, aux = model(video, level, jnp.arange(t), label, frame_cond, mode='bidirectional',
+                 collect=('q', 'k'))
+  return jax.vmap(lambda q, k: region_salience(q, k, block_tokens))(aux['q'], aux['k'])
