@@ -160,8 +160,9 @@ def build_oracle(cfg, model, model_cfg: DiTConfig, rc) -> OracleScores:
 def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   """Generates cfg.num_samples videos into workdir; returns the metrics it writes."""
   # Every check comes before any work and before anything in workdir is touched.
-  if cfg.policy not in policies.ROLLOUT_POLICIES:
-    raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of {list(policies.ROLLOUT_POLICIES)}.')
+  if cfg.policy not in policies.rollout_policies():
+    raise ValueError(f'Unknown policy {cfg.policy!r}; choose one of '
+                     f'{list(policies.rollout_policies())}.')
   if cfg.policy == 'pafu' and not cfg.head.checkpoint:
     raise ValueError("policy='pafu' needs --config.head.checkpoint=DIR: a salience stage workdir "
                      '(train.py --config=configs/salience.py).')

@@ -150,3 +150,27 @@ def test_per_layer_selection_keeps_each_layers_own_top_tokens():
   # without per_layer, a per-layer table is averaged into one selection shared by the layers
   shared, _ = _oracle_cache(table)
   np.testing.assert_array_equal(shared[0], shared[1])
+
+
+def test_readme_policy_example():
+  """The README's "Adding a policy" block, run as written: the cache keeps the sink, the oldest
+  frames and the incoming one; generation accepts the new name."""
+  import os
+  import re
+  from pafukv_jax.cache import policies
+  readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+  section = readme[readme.index('### Adding a policy'):]
+  code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+  try:
+    exec(code, {})
+    assert 'oldest' in policies.rollout_policies()
+    model = tiny_model()
+    rc = sampling.RolloutConfig(num_frames=6, timesteps=(1000,))
+    runner = make_rollout(model, rc, 'oldest', cache_config(3, 0))
+    caches = caches_per_chunk(runner, rollout.inputs(sampling.sample_keys(0, [0]), [1]))
+    kept = sorted(set(np.asarray(caches[-1].frame[0, 0]).tolist()))
+    assert kept == [0, 1, 5]  # the two oldest frames and the incoming one (protected)
+    with pytest.raises(ValueError, match='exists already'):
+      exec(code, {})
+  finally:
+    policies.POLICIES.pop('oldest', None)

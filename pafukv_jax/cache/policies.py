@@ -13,7 +13,8 @@ The granularity (cache.granularity='frame': a frame's tokens share their mean ke
 per-layer selections (cache.per_layer) are the `CacheSpec`'s and apply to every policy.
 The update always admits the incoming chunk and protects sink and recent frames (kv_cache.py).
 
-Adding a policy is one `keep` function and one `Policy(...)` line in `POLICIES` (see README).
+Adding a policy is one `keep` function and one `Policy(...)`, in `POLICIES` or through `register`
+(README, "Adding a policy").
 `recompute` is not a cache policy: it re-runs the block-causal model over the whole history
 for every chunk and is the reference the cached policies are checked against.
 """
@@ -158,12 +159,24 @@ POLICIES = {
     )
 }
 RECOMPUTE = 'recompute'
-ROLLOUT_POLICIES = (RECOMPUTE, *POLICIES)
+
+
+def rollout_policies() -> tuple[str, ...]:
+  """Every name a rollout accepts: 'recompute', then the cache policies (registered ones too)."""
+  return (RECOMPUTE, *POLICIES)
+
+
+def register(policy: Policy) -> Policy:
+  """Adds a policy under its name, for every entry point (generate.py, evaluate.py, ...)."""
+  if policy.name in (RECOMPUTE, *POLICIES):
+    raise ValueError(f'A policy named {policy.name!r} exists already.')
+  POLICIES[policy.name] = policy
+  return policy
 
 
 def get_policy(name: str) -> Policy:
   if name not in POLICIES:
-    raise ValueError(f'Unknown policy {name!r}; choose one of {list(ROLLOUT_POLICIES)}.')
+    raise ValueError(f'Unknown policy {name!r}; choose one of {list(rollout_policies())}.')
   return POLICIES[name]
 
 
