@@ -1,7 +1,9 @@
-"""Trains one stage: the bidirectional teacher, or the causal AR student.
+"""Trains one stage: the bidirectional teacher, the causal AR student, or the salience head.
 
   python train.py --config=configs/teacher.py[:tiny] --workdir=DIR [--config.FIELD=VALUE ...]
   python train.py --config=configs/student.py[:tiny] --workdir=DIR2 --config.init_from=DIR
+  python train.py --config=configs/salience.py[:tiny] --workdir=DIR3 --config.teacher=DIR \
+      --config.student=DIR2
 
 Writes DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ and DIR/config.json; a DIR that
 holds checkpoints is resumed from its latest step. SIGTERM saves and exits.

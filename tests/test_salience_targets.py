@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from pafukv_jax.salience import targets as salience_targets
-from pafukv_jax.salience.targets import region_salience, region_salience_from_probs, sse_targets
+from pafukv_jax.salience.targets import region_salience, sse_targets
+
+
+def region_salience_from_probs(probs, block_tokens: int):
+  """The naive reference, on a full attention matrix P [B, H, N, N] (rows: queries): [3, B, N]."""
+  n = probs.shape[-1]
+  block = jnp.arange(n) // block_tokens
+  query_block, key_block = block[:, None], block[None, :]
+  masks = (query_block < key_block, query_block == key_block, query_block > key_block)
+  out = [jnp.max(jnp.where(m, probs, 0.0), axis=2).mean(axis=1) for m in masks]
+  return jnp.stack(out)
 
 
 def test_hand_built_attention():

@@ -22,16 +22,6 @@ REGIONS = ('earlier', 'same', 'later')  # query chunk before / equal to / after 
 NORMALIZATIONS = ('max', 'sum', 'none')
 
 
-def region_salience_from_probs(probs, block_tokens: int):
-  """Reference on a full attention matrix P [B, H, N, N] (rows: queries): [3, B, N]."""
-  n = probs.shape[-1]
-  block = jnp.arange(n) // block_tokens
-  query_block, key_block = block[:, None], block[None, :]
-  masks = (query_block < key_block, query_block == key_block, query_block > key_block)
-  out = [jnp.max(jnp.where(m, probs, 0.0), axis=2).mean(axis=1) for m in masks]
-  return jnp.stack(out)
-
-
 def _over_query_chunks(q, k, block_tokens: int, update, init):
   """fori_loop over query chunks of q, k [B, H, N, D]: acc = update(chunk, scaled logits
   [B, H, block, N], key chunk ids [N], acc). Memory: one chunk's logits, never N x N."""
