@@ -1,11 +1,8 @@
 """Sweeps: every policy x cache budget x seed on held-out clips, and the quality-memory-speed table.
 
 The task is continuation: the first `context_frames` of each held-out clip are given (prefilled
-into the cache) and the rest is generated. Each run is scored on the generated frames against
-  * the `full` rollout with the same noise: fidelity to the uncapped model (PSNR, SSIM);
-  * the ground truth: PSNR, SSIM, and the memory score, PSNR on the revisited-content mask only
-    (pooled over a clip's masked pixels): does the model bring back what it saw long ago?
-and timed (seconds per generated frame, steady state) with its cache's bytes per sample.
+into the cache) and the rest is generated. Each run is scored (`scores`) and timed (seconds per generated frame, steady state)
+with its cache's bytes per sample.
 
 Layout of a sweep's workdir:
   runs/<policy>_b<budget>_s<seed>.npz / .json   one run: videos, per-clip per-frame metrics
@@ -24,7 +21,6 @@ import os
 import tempfile
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -32,21 +28,14 @@ import tqdm
 from pafukv_jax import data, generation, sampling, video_io
 from pafukv_jax.cache.kv_cache import GRANULARITIES, CacheSpec
 from pafukv_jax.cache.policies import POLICIES, ROLLOUT_POLICIES, get_policy
-from pafukv_jax.evaluation import plots, video_metrics
+from pafukv_jax.evaluation import plots, scores
+from pafukv_jax.evaluation.scores import split_variant
 from pafukv_jax.models.dit import DiTConfig
 
 GROUND_TRUTH = 'ground_truth'
-METRICS = ('memory_psnr', 'psnr_gt', 'ssim_gt', 'psnr_full', 'ssim_full')
 LABELS = dict(memory_psnr='memory score (PSNR on revisited content, dB)',
               psnr_gt='PSNR vs ground truth (dB)', ssim_gt='SSIM vs ground truth',
               psnr_full='PSNR vs full cache (dB)', ssim_full='SSIM vs full cache')
-
-
-def split_variant(spec):
-  """'pafu@frame' -> ('pafu', 'frame'): a policy run with its own cache.granularity, so one sweep
-  can hold a policy at both granularities; 'pafu' -> ('pafu', None) (the sweep's cache config)."""
-  policy, _, granularity = spec.partition('@')
-  return policy, granularity or None
 
 
 def is_bounded(spec):
@@ -153,24 +142,6 @@ def load_clips(cfg):
   return clips
 
 
-def score_run(videos, full, clips, context_frames):
-  """Per-clip, per-generated-frame metrics [N, T - context] and the pooled memory score [N]."""
-  gen, ref, gt = (np.asarray(v[:, context_frames:]) for v in (videos, full, clips['video']))
-  mask = clips['revisit_mask'][:, context_frames:]
-  per_frame = dict(psnr_gt=video_metrics.psnr(gen, gt), ssim_gt=video_metrics.ssim(gen, gt),
-                   psnr_full=video_metrics.psnr(gen, ref), ssim_full=video_metrics.ssim(gen, ref),
-                   memory_psnr_frame=video_metrics.masked_psnr(gen, gt, mask))
-  out = {k: _finite_or_none(v) for k, v in per_frame.items()}
-  out['memory_psnr'] = _finite_or_none(video_metrics.pooled_masked_psnr(gen, gt, mask))
-  return out
-
-
-def _finite_or_none(x):
-  """Nested lists for JSON: NaN (no revisited pixels) and inf (identical frames) become None."""
-  x = np.asarray(x, np.float64)
-  return np.where(np.isfinite(x), x, None).tolist()
-
-
 class Sweep:
   """Runs (or resumes) a sweep; `run()` returns the aggregated rows."""
 
@@ -207,9 +178,9 @@ class Sweep:
               jnp.asarray(clips['video'][ids, :cfg.context_frames]),
               None if cond is None else jnp.asarray(cond[ids], jnp.float32))
       # the oracle scores the full rollout of these clips, which this sweep already generated
-      scores = (self._oracle.of_video(full_videos[ids], args[1], args[3])
-                if policy == 'oracle' else None)
-      videos.append(np.asarray(sampler.generate(*args, token_scores=scores)))
+      token_scores = (self._oracle.of_video(full_videos[ids], args[1], args[3])
+                      if policy == 'oracle' else None)
+      videos.append(np.asarray(sampler.generate(*args, token_scores=token_scores)))
       seconds += sampler.chunk_seconds[1:]  # the first chunk of a sampler includes compilation
     spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
     videos = np.clip(np.concatenate(videos)[:cfg.num_clips], -1, 1)
@@ -226,7 +197,7 @@ class Sweep:
     result = dict(policy=policy, budget_frames=budget if is_bounded(policy) else None,
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
-                  **score_run(videos, reference, self.clips, self.cfg.context_frames))
+                  **scores.score_run(videos, reference, self.clips, self.cfg.context_frames))
     _atomic(path + '.npz', lambda p: np.savez(p, videos=videos))
     _atomic(path + '.json', lambda p: _dump_json(p, result))
     return result, videos
@@ -257,7 +228,7 @@ class Sweep:
           results.append(result)
           if seed == cfg.seeds[0] and budget == cfg.compare_budget:
             compare[policy] = videos
-    rows = aggregate(results)
+    rows = scores.aggregate(results)
     self.write_report(rows, results, compare)
     return rows
 
@@ -265,7 +236,7 @@ class Sweep:
     cfg, workdir = self.cfg, self.workdir
     _atomic(os.path.join(workdir, 'results.json'), lambda p: _dump_json(p, rows))
     _atomic(os.path.join(workdir, 'results.csv'), lambda p: _write_csv(p, rows))
-    paired = paired_memory(results, cfg.paired_references)
+    paired = scores.paired_memory(results, cfg.paired_references)
     if paired:
       _atomic(os.path.join(workdir, 'paired.csv'), lambda p: _write_csv(p, paired))
     plot_dir = os.path.join(workdir, 'plots')
@@ -315,58 +286,6 @@ class Sweep:
       frames = video_io.side_by_side(panels, scale=cfg.video.scale)
       video_io.write_video(os.path.join(video_dir, f'side_by_side_{i:02d}.gif'), frames,
                            fps=cfg.video.fps)
-
-
-def aggregate(results):
-  """One row per (policy, budget): means over clips and seeds (the pooled memory score's mean
-  skips clips without revisited content)."""
-  groups = {}
-  for r in results:
-    groups.setdefault((r['policy'], r['budget_frames']), []).append(r)
-  rows = []
-  for (policy, budget), runs in groups.items():
-    row = dict(policy=policy, budget_frames=budget, seeds=len(runs))
-    for metric in METRICS:
-      values = np.concatenate([np.ravel(np.asarray(r[metric], np.float64)) for r in runs])
-      values = values[np.isfinite(values)]  # None (stored for NaN / inf) reads back as NaN
-      self_reference = policy == 'full' and metric.endswith('_full')
-      row[metric] = float(np.mean(values)) if values.size and not self_reference else None
-    for key in ('seconds_per_frame', 'frames_per_second', 'cache_bytes_per_sample'):
-      row[key] = float(np.mean([r[key] for r in runs]))
-    rows.append(row)
-  return sorted(rows, key=lambda r: (*_policy_order(r['policy']), r['budget_frames'] or 0))
-
-
-def paired_memory(results, references):
-  """Memory-score differences, policy minus reference, paired over the same clips and seeds at the
-  same budget: mean, standard error, the clips counted (those with revisited content) and the
-  share where the policy is better. Small gaps between policies are only visible this way."""
-  runs = {(r['policy'], r['budget_frames'], r['seed']): r for r in results}
-  rows = []
-  for policy, budget in sorted({(p, b) for p, b, _ in runs if b is not None}):
-    for reference in references:
-      if reference == policy:
-        continue
-      diffs = []
-      for (p, b, seed), r in runs.items():
-        other = runs.get((reference, budget, seed))
-        if p == policy and b == budget and other is not None:
-          a = np.asarray(r['memory_psnr'], np.float64)
-          diffs.append(a - np.asarray(other['memory_psnr'], np.float64))
-      d = np.concatenate(diffs) if diffs else np.zeros(0)
-      d = d[np.isfinite(d)]
-      if d.size:
-        rows.append(dict(policy=policy, budget_frames=budget, reference=reference,
-                         memory_gain_db=float(d.mean()),
-                         stderr_db=float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None,
-                         clips=int(d.size), share_better=float(np.mean(d > 0))))
-  return sorted(rows, key=lambda r: (*_policy_order(r['policy']), r['budget_frames'],
-                                     r['reference']))
-
-
-def _policy_order(spec):
-  """Rows in the order of POLICIES, a variant (pafu@frame) after its policy."""
-  return list(POLICIES).index(split_variant(spec)[0]), spec
 
 
 def _nan(x):
