@@ -53,10 +53,6 @@ def one_step_psnr(model, video, label, frame_cond, frame: int, levels=LEVELS, se
   return result
 
 
-config_flags.DEFINE_config_file('config', 'configs/sweeps/budget.py', 'A sweep config.')
-flags.DEFINE_integer('frame', 8, 'The frame predicted; the frames before it are its context.')
-
-
 def main(argv):
   del argv
   cfg = flags.FLAGS.config
@@ -82,4 +78,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # defined here, not on import: a library import (tests, evaluate.py) registers no flags
+  config_flags.DEFINE_config_file('config', 'configs/sweeps/budget.py', 'A sweep config.')
+  flags.DEFINE_integer('frame', 8, 'The frame predicted; the frames before it are its context.')
   app.run(main)

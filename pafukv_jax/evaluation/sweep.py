@@ -1,52 +1,32 @@
-"""Sweeps: every policy x cache budget x seed on held-out clips, and the quality-memory-speed table.
+"""Sweeps: every policy x cache budget x seed on held-out clips, run (or resumed) and reported.
 
 The task is continuation: the first `context_frames` of each held-out clip are given (prefilled
-into the cache) and the rest is generated. Each run is scored on the generated frames against
-  * the `full` rollout with the same noise: fidelity to the uncapped model (PSNR, SSIM);
-  * the ground truth: PSNR, SSIM, and the memory score, PSNR on the revisited-content mask only
-    (pooled over a clip's masked pixels): does the model bring back what it saw long ago?
-and timed (seconds per generated frame, steady state) with its cache's bytes per sample.
+into the cache) and the rest is generated. Each run is scored (`scores`) and timed (seconds per
+generated frame, steady state) with its cache's bytes per sample; the aggregated table, paired
+gains, plots and videos are written by `report`. This module checks the config before any work
+and runs the rollouts.
 
-Layout of a sweep's workdir:
+In the sweep's workdir it writes
+  config.json                                   the sweep's config
   runs/<policy>_b<budget>_s<seed>.npz / .json   one run: videos, per-clip per-frame metrics
-  results.json, results.csv                     one row per (policy, budget): means over clips
-                                                and seeds
-  paired.csv                                    memory score gains over `paired_references`,
-                                                paired over clips (mean, standard error)
-  plots/*.png                                   quality vs budget, vs s/frame, per-frame curves
-  videos/side_by_side_XX.gif                    ground truth | full | window | ... with labels
-A run already on disk is skipped, so an interrupted sweep resumes where it stopped.
+and then the report beside them (see `report`). A run already on disk is skipped, so an
+interrupted sweep resumes where it stopped.
 """
 
-import csv
 import json
 import os
-import tempfile
-import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from pafukv_jax import data, generation, sampling, video_io
+from pafukv_jax import data, generation, sampling
 from pafukv_jax.cache.kv_cache import GRANULARITIES, CacheSpec
 from pafukv_jax.cache.policies import POLICIES, ROLLOUT_POLICIES, get_policy
-from pafukv_jax.evaluation import plots, video_metrics
+from pafukv_jax.evaluation import report, scores
+from pafukv_jax.evaluation.report import GROUND_TRUTH
+from pafukv_jax.evaluation.scores import split_variant
 from pafukv_jax.models.dit import DiTConfig
-
-GROUND_TRUTH = 'ground_truth'
-METRICS = ('memory_psnr', 'psnr_gt', 'ssim_gt', 'psnr_full', 'ssim_full')
-LABELS = dict(memory_psnr='memory score (PSNR on revisited content, dB)',
-              psnr_gt='PSNR vs ground truth (dB)', ssim_gt='SSIM vs ground truth',
-              psnr_full='PSNR vs full cache (dB)', ssim_full='SSIM vs full cache')
-
-
-def split_variant(spec):
-  """'pafu@frame' -> ('pafu', 'frame'): a policy run with its own cache.granularity, so one sweep
-  can hold a policy at both granularities; 'pafu' -> ('pafu', None) (the sweep's cache config)."""
-  policy, _, granularity = spec.partition('@')
-  return policy, granularity or None
 
 
 def is_bounded(spec):
@@ -153,24 +133,6 @@ def load_clips(cfg):
   return clips
 
 
-def score_run(videos, full, clips, context_frames):
-  """Per-clip, per-generated-frame metrics [N, T - context] and the pooled memory score [N]."""
-  gen, ref, gt = (np.asarray(v[:, context_frames:]) for v in (videos, full, clips['video']))
-  mask = clips['revisit_mask'][:, context_frames:]
-  per_frame = dict(psnr_gt=video_metrics.psnr(gen, gt), ssim_gt=video_metrics.ssim(gen, gt),
-                   psnr_full=video_metrics.psnr(gen, ref), ssim_full=video_metrics.ssim(gen, ref),
-                   memory_psnr_frame=video_metrics.masked_psnr(gen, gt, mask))
-  out = {k: _finite_or_none(v) for k, v in per_frame.items()}
-  out['memory_psnr'] = _finite_or_none(video_metrics.pooled_masked_psnr(gen, gt, mask))
-  return out
-
-
-def _finite_or_none(x):
-  """Nested lists for JSON: NaN (no revisited pixels) and inf (identical frames) become None."""
-  x = np.asarray(x, np.float64)
-  return np.where(np.isfinite(x), x, None).tolist()
-
-
 class Sweep:
   """Runs (or resumes) a sweep; `run()` returns the aggregated rows."""
 
@@ -207,9 +169,9 @@ class Sweep:
               jnp.asarray(clips['video'][ids, :cfg.context_frames]),
               None if cond is None else jnp.asarray(cond[ids], jnp.float32))
       # the oracle scores the full rollout of these clips, which this sweep already generated
-      scores = (self._oracle.of_video(full_videos[ids], args[1], args[3])
-                if policy == 'oracle' else None)
-      videos.append(np.asarray(sampler.generate(*args, token_scores=scores)))
+      token_scores = (self._oracle.of_video(full_videos[ids], args[1], args[3])
+                      if policy == 'oracle' else None)
+      videos.append(np.asarray(sampler.generate(*args, token_scores=token_scores)))
       seconds += sampler.chunk_seconds[1:]  # the first chunk of a sampler includes compilation
     spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
     videos = np.clip(np.concatenate(videos)[:cfg.num_clips], -1, 1)
@@ -226,9 +188,9 @@ class Sweep:
     result = dict(policy=policy, budget_frames=budget if is_bounded(policy) else None,
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
-                  **score_run(videos, reference, self.clips, self.cfg.context_frames))
-    _atomic(path + '.npz', lambda p: np.savez(p, videos=videos))
-    _atomic(path + '.json', lambda p: _dump_json(p, result))
+                  **scores.score_run(videos, reference, self.clips, self.cfg.context_frames))
+    report.atomic(path + '.npz', lambda p: np.savez(p, videos=videos))
+    report.atomic(path + '.json', lambda p: report.dump_json(p, result))
     return result, videos
 
   # -- the sweep ------------------------------------------------------------------------------
@@ -257,146 +219,6 @@ class Sweep:
           results.append(result)
           if seed == cfg.seeds[0] and budget == cfg.compare_budget:
             compare[policy] = videos
-    rows = aggregate(results)
-    self.write_report(rows, results, compare)
+    rows = scores.aggregate(results)
+    report.write(self.workdir, cfg, rows, results, compare, self.clips['video'])
     return rows
-
-  def write_report(self, rows, results, compare):
-    cfg, workdir = self.cfg, self.workdir
-    _atomic(os.path.join(workdir, 'results.json'), lambda p: _dump_json(p, rows))
-    _atomic(os.path.join(workdir, 'results.csv'), lambda p: _write_csv(p, rows))
-    paired = paired_memory(results, cfg.paired_references)
-    if paired:
-      _atomic(os.path.join(workdir, 'paired.csv'), lambda p: _write_csv(p, paired))
-    plot_dir = os.path.join(workdir, 'plots')
-    os.makedirs(plot_dir, exist_ok=True)
-    budgets = sorted(cfg.budgets)
-    for metric in ('memory_psnr', 'psnr_full', 'ssim_gt'):
-      series = {r['policy']: ([], []) for r in rows if r['budget_frames'] is not None}
-      for r in rows:
-        if r['budget_frames'] is not None:
-          series[r['policy']][0].append(r['budget_frames'])
-          series[r['policy']][1].append(_nan(r[metric]))
-        elif r[metric] is not None:  # full, at any budget: the level the others approach
-          series['full (whole video)'] = (budgets, [r[metric]] * len(budgets))
-      plots.line_plot(os.path.join(plot_dir, f'{metric}_vs_budget.png'), series,
-                      'cache budget (frames)', LABELS[metric], f'{LABELS[metric]} vs cache budget')
-    series = {}
-    for r in rows:
-      xs, ys = series.setdefault(r['policy'], ([], []))
-      xs.append(1000 * r['seconds_per_frame'])
-      ys.append(_nan(r['memory_psnr']))
-    plots.line_plot(os.path.join(plot_dir, 'memory_psnr_vs_ms_per_frame.png'), series,
-                    'ms per generated frame', LABELS['memory_psnr'],
-                    'memory score vs speed (one point per budget)')
-    frames = np.arange(cfg.context_frames, cfg.num_frames)
-    for metric in ('psnr_gt', 'psnr_full'):
-      series = {}
-      for r in results:
-        if r['seed'] == cfg.seeds[0] and r['budget_frames'] in (None, cfg.compare_budget):
-          if metric == 'psnr_full' and r['policy'] == 'full':
-            continue
-          # None = identical to full in every clip (inf dB): a gap in the curve
-          per_frame = np.asarray(r[metric], np.float64)
-          with warnings.catch_warnings():
-            warnings.simplefilter('ignore', RuntimeWarning)  # all-None frames: mean of nothing
-            series[r['policy']] = (frames, np.nanmean(per_frame, axis=0))
-      plots.line_plot(os.path.join(plot_dir, f'{metric}_per_frame.png'), series, 'frame',
-                      LABELS[metric], f'per frame, budget {cfg.compare_budget} frames '
-                      f'(first {cfg.context_frames} given)')
-    video_dir = os.path.join(workdir, 'videos')
-    os.makedirs(video_dir, exist_ok=True)
-    for i in range(min(cfg.num_videos, cfg.num_clips)):
-      panels = {}
-      for name in cfg.side_by_side:
-        video = self.clips['video'][i] if name == GROUND_TRUTH else compare[name][i]
-        label = name if name in (GROUND_TRUTH, 'full') else f'{name} {cfg.compare_budget}f'
-        panels[label] = video
-      frames = video_io.side_by_side(panels, scale=cfg.video.scale)
-      video_io.write_video(os.path.join(video_dir, f'side_by_side_{i:02d}.gif'), frames,
-                           fps=cfg.video.fps)
-
-
-def aggregate(results):
-  """One row per (policy, budget): means over clips and seeds (the pooled memory score's mean
-  skips clips without revisited content)."""
-  groups = {}
-  for r in results:
-    groups.setdefault((r['policy'], r['budget_frames']), []).append(r)
-  rows = []
-  for (policy, budget), runs in groups.items():
-    row = dict(policy=policy, budget_frames=budget, seeds=len(runs))
-    for metric in METRICS:
-      values = np.concatenate([np.ravel(np.asarray(r[metric], np.float64)) for r in runs])
-      values = values[np.isfinite(values)]  # None (stored for NaN / inf) reads back as NaN
-      self_reference = policy == 'full' and metric.endswith('_full')
-      row[metric] = float(np.mean(values)) if values.size and not self_reference else None
-    for key in ('seconds_per_frame', 'frames_per_second', 'cache_bytes_per_sample'):
-      row[key] = float(np.mean([r[key] for r in runs]))
-    rows.append(row)
-  return sorted(rows, key=lambda r: (*_policy_order(r['policy']), r['budget_frames'] or 0))
-
-
-def paired_memory(results, references):
-  """Memory-score differences, policy minus reference, paired over the same clips and seeds at the
-  same budget: mean, standard error, the clips counted (those with revisited content) and the
-  share where the policy is better. Small gaps between policies are only visible this way."""
-  runs = {(r['policy'], r['budget_frames'], r['seed']): r for r in results}
-  rows = []
-  for policy, budget in sorted({(p, b) for p, b, _ in runs if b is not None}):
-    for reference in references:
-      if reference == policy:
-        continue
-      diffs = []
-      for (p, b, seed), r in runs.items():
-        other = runs.get((reference, budget, seed))
-        if p == policy and b == budget and other is not None:
-          a = np.asarray(r['memory_psnr'], np.float64)
-          diffs.append(a - np.asarray(other['memory_psnr'], np.float64))
-      d = np.concatenate(diffs) if diffs else np.zeros(0)
-      d = d[np.isfinite(d)]
-      if d.size:
-        rows.append(dict(policy=policy, budget_frames=budget, reference=reference,
-                         memory_gain_db=float(d.mean()),
-                         stderr_db=float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else None,
-                         clips=int(d.size), share_better=float(np.mean(d > 0))))
-  return sorted(rows, key=lambda r: (*_policy_order(r['policy']), r['budget_frames'],
-                                     r['reference']))
-
-
-def _policy_order(spec):
-  """Rows in the order of POLICIES, a variant (pafu@frame) after its policy."""
-  return list(POLICIES).index(split_variant(spec)[0]), spec
-
-
-def _nan(x):
-  return float('nan') if x is None else x
-
-
-def _dump_json(path, obj):
-  with open(path, 'w') as f:
-    json.dump(obj, f, indent=1, allow_nan=False, default=_json_default)
-
-
-def _json_default(x):
-  raise TypeError(f'not JSON: {type(x)}')
-
-
-def _write_csv(path, rows):
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def _atomic(path, write):
-  """write(tmp) then rename: a sweep killed mid-write leaves no half file that looks done."""
-  directory = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix=os.path.splitext(path)[1], dir=directory)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
