@@ -45,7 +45,7 @@ class Oracle:
   def __call__(self, x_t, t, frame_index, label, frame_cond, **kw):
     t = t[..., None, None, None]
     noise = (x_t - (1 - t) * self.video) / jnp.where(t > 0, t, 1.0)
-    return diffusion.velocity_target(self.video, noise)
+    return diffusion.velocity_target(self.video, noise), {}
 
 
 def test_a_model_that_knows_the_truth_scores_far_above_the_baselines():

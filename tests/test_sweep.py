@@ -171,8 +171,10 @@ def test_command_line_error(tmp_path):
 
 def test_oracle_scores_the_sweeps_own_full_rollout(data_dir, tmp_path):
   import jax.numpy as jnp
-  from pafukv_jax import checkpoints, salience_targets, sampling
+  from pafukv_jax import checkpoints, rollout, sampling
   from pafukv_jax.models.dit import DiTConfig, init_model
+  from pafukv_jax.salience.oracle import oracle_scores
+  from tests.helpers import make_rollout
   cfg = sweep_config(data_dir, policies=('full', 'oracle'), budgets=(2,), paired_references=(),
                      side_by_side=('ground_truth', 'full'), num_videos=0)
   model_cfg = DiTConfig.from_config(cfg.model)
@@ -184,12 +186,12 @@ def test_oracle_scores_the_sweeps_own_full_rollout(data_dir, tmp_path):
   clips = sweep.load_clips(cfg)
   label = jnp.asarray(clips['label'], jnp.int32)
   cond = jnp.asarray(clips['frame_cond'], jnp.float32) if model_cfg.frame_cond_dim else None
-  scores = salience_targets.oracle_scores(init_model(model_cfg, 7), jnp.asarray(full), label,
-                                          cond, chunk_frames=1)
-  want = sampling.Sampler(init_model(model_cfg, cfg.init_seed), sweep.generation.rollout_config(cfg),
-                          'oracle', override(cfg.cache.copy_and_resolve_references(),
-                                             budget_frames=2)).generate(
-      sampling.sample_keys(0, np.arange(4)), label, jnp.asarray(clips['video'][:, :2]), cond,
-      token_scores=scores)
+  scores = oracle_scores(init_model(model_cfg, 7), jnp.asarray(full), label, cond,
+                         chunk_frames=1)
+  want = make_rollout(init_model(model_cfg, cfg.init_seed), sweep.generation.rollout_config(cfg),
+                      'oracle', override(cfg.cache.copy_and_resolve_references(),
+                                         budget_frames=2)).generate(
+      rollout.inputs(sampling.sample_keys(0, np.arange(4)), label, cond, token_scores=scores),
+      jnp.asarray(clips['video'][:, :2])).videos
   got = np.load(tmp_path / 'sweep' / 'runs' / 'oracle_b2_s0.npz')['videos']
   np.testing.assert_allclose(got, np.clip(np.asarray(want), -1, 1), atol=1e-5)

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from pafukv_jax import diffusion, generation
 from pafukv_jax.evaluation import sweep, video_metrics
+from pafukv_jax.models.dit import DiTConfig
 
 LEVELS = (0.25, 0.5, 0.75, 1.0)
 
@@ -48,7 +49,8 @@ def one_step_psnr(model, video, label, frame_cond, frame: int, levels=LEVELS, se
     for name, clips in (('own_context', video), ('other_context', other.at[:, frame:].set(
         video[:, frame:]))):
       x_t = diffusion.add_noise(clips, noise, t_all)
-      v = model(x_t, t_all, jnp.arange(t), label, frame_cond, mode='block_causal', chunk_frames=1)
+      v, _ = model(x_t, t_all, jnp.arange(t), label, frame_cond, mode='block_causal',
+                   chunk_frames=1)
       result[name][level] = score(diffusion.predict_x0(x_t, v, t_all)[:, frame])
   return result
 
@@ -62,11 +64,13 @@ def main(argv):
     sys.exit(f'one_step: error: --frame must be in [1, {cfg.num_frames}) to have context before '
              f'it, got {flags.FLAGS.frame}.')
   try:  # bad input: say what, not where (as evaluate.py)
-    model = generation.build_model(cfg)
+    model = generation.build_model(DiTConfig.from_config(cfg.model), cfg.checkpoint,
+                                   cfg.init_seed)
     clips = sweep.load_clips(cfg)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'one_step: error: {e}')
-  cond = jnp.asarray(clips['frame_cond'], jnp.float32) if model.cfg.frame_cond_dim else None
+  cond = clips.get('frame_cond')
+  cond = None if cond is None else jnp.asarray(cond, jnp.float32)
   r = one_step_psnr(model, clips['video'], jnp.asarray(clips['label'], jnp.int32), cond,
                     flags.FLAGS.frame)
   print(f'{cfg.checkpoint} on {len(clips["video"])} {cfg.data.dataset} test clips, frame '

@@ -20,18 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from pafukv_jax import data, generation, sampling
-from pafukv_jax.cache.kv_cache import GRANULARITIES, CacheSpec
-from pafukv_jax.cache.policies import POLICIES, ROLLOUT_POLICIES, get_policy
+from pafukv_jax import data, generation, rollout, sampling
+from pafukv_jax.cache import policies
+from pafukv_jax.cache.kv_cache import GRANULARITIES
 from pafukv_jax.evaluation import report, scores
 from pafukv_jax.evaluation.report import GROUND_TRUTH
 from pafukv_jax.evaluation.scores import split_variant
-from pafukv_jax.models.dit import DiTConfig
 
 
 def is_bounded(spec):
   """Whether the policy of `spec` (pafu, pafu@frame) has a cache budget (all but full)."""
-  return get_policy(split_variant(spec)[0]).bounded
+  return policies.get_policy(split_variant(spec)[0]).bounded
 
 
 def run_name(policy, budget, seed):
@@ -75,11 +74,10 @@ def split_name_lists(cfg):
 
 def check_config(cfg):
   """Every error a sweep could meet, before any work."""
-  unknown = [p for p in cfg.policies
-              if split_variant(p)[0] not in ROLLOUT_POLICIES or split_variant(p)[0] == 'recompute']
+  unknown = [p for p in cfg.policies if split_variant(p)[0] not in policies.POLICIES]
   if unknown:
-    raise ValueError(f'Unknown policies {unknown}; choose from {list(POLICIES)} (optionally with '
-                     f'@GRANULARITY, one of {GRANULARITIES}: pafu@frame).')
+    raise ValueError(f'Unknown policies {unknown}; choose from {list(policies.POLICIES)} '
+                     f'(optionally with @GRANULARITY, one of {GRANULARITIES}: pafu@frame).')
   bad = [p for p in cfg.policies if split_variant(p)[1] not in (None, *GRANULARITIES)
          or (split_variant(p)[1] and not is_bounded(p))]
   if bad:
@@ -99,14 +97,9 @@ def check_config(cfg):
   if unknown:
     raise ValueError(f'paired_references names {unknown}: they must be bounded policies of '
                      f'{cfg.policies}.')
-  model_cfg = DiTConfig.from_config(cfg.model)
-  generation.rollout_config(cfg)
-  for spec in cfg.policies:
-    for budget in cfg.budgets:
-      policy, cache = cache_config(cfg, spec, budget)
-      CacheSpec.from_config(get_policy(policy), cache, num_frames=cfg.num_frames,
-                            chunk_frames=cfg.chunk_frames,
-                            tokens_per_frame=model_cfg.tokens_per_frame)
+  model_cfg, rc, _ = generation.parse_config(cfg, 'full')
+  cache_specs = {(spec, budget): generation.parse_config(cfg, *cache_config(cfg, spec, budget))[2]
+                 for spec in cfg.policies for budget in (None, *cfg.budgets)}
   needs = dict(pafu=('head.checkpoint', cfg.head.checkpoint),
                oracle=('oracle.teacher', cfg.oracle.teacher))
   base_policies = [split_variant(p)[0] for p in cfg.policies]
@@ -121,6 +114,7 @@ def check_config(cfg):
     raise ValueError(f'data clips ({cfg.data.num_frames} frames of {tuple(cfg.data.image_size)}) '
                      f'must match num_frames={cfg.num_frames} and the model\'s image size '
                      f'{tuple(model_cfg.image_size)}.')
+  return model_cfg, rc, cache_specs
 
 
 def load_clips(cfg):
@@ -137,45 +131,45 @@ class Sweep:
   """Runs (or resumes) a sweep; `run()` returns the aggregated rows."""
 
   def __init__(self, cfg, workdir):
-    check_config(split_name_lists(cfg))
+    self.model_cfg, self.rc, self.cache_specs = check_config(split_name_lists(cfg))
     self.cfg, self.workdir = cfg, workdir
     self.runs_dir = os.path.join(workdir, 'runs')
-    self.rc = generation.rollout_config(cfg)
-    self.model = generation.build_model(cfg)
+    self.model = generation.build_model(self.model_cfg, cfg.checkpoint, cfg.init_seed)
     self.clips = load_clips(cfg)
     self._head = self._oracle = None
 
   # -- one run --------------------------------------------------------------------------------
 
-  def _sampler(self, spec, budget):
-    policy, cache = cache_config(self.cfg, spec, budget)
+  def _rollout(self, spec, budget):
+    policy = split_variant(spec)[0]
     if policy == 'pafu' and self._head is None:
-      self._head = generation.build_head(self.cfg.head, self.cfg.model)
-    return sampling.Sampler(self.model, self.rc, policy, cache,
-                            head=self._head if policy == 'pafu' else None)
+      self._head = generation.build_head(self.cfg.head, self.model_cfg)
+    return rollout.Rollout(self.model, self.rc, self.cache_specs[spec, budget],
+                           head=self._head if policy == 'pafu' else None)
 
   def _generate(self, policy, budget, seed, full_videos):
     """Videos [N, T, ...], seconds per generated frame, cache bytes per sample."""
     cfg, clips = self.cfg, self.clips
-    sampler = self._sampler(policy, budget)
+    runner = self._rollout(policy, budget)
     policy = split_variant(policy)[0]
     if policy == 'oracle' and self._oracle is None:
-      self._oracle = generation.OracleScores(cfg, self.model, self.rc)
+      self._oracle = generation.build_oracle(cfg, self.model, self.model_cfg, self.rc)
     videos, seconds = [], []
     for start in range(0, cfg.num_clips, cfg.batch_size):
       ids = np.arange(start, start + cfg.batch_size) % cfg.num_clips  # pad the last batch
-      cond = clips.get('frame_cond') if self.model.cfg.frame_cond_dim else None
-      args = (sampling.sample_keys(seed, ids), clips['label'][ids].astype(np.int32),
-              jnp.asarray(clips['video'][ids, :cfg.context_frames]),
-              None if cond is None else jnp.asarray(cond[ids], jnp.float32))
+      cond = clips.get('frame_cond')
+      inputs = rollout.inputs(sampling.sample_keys(seed, ids), clips['label'][ids],
+                              None if cond is None else cond[ids])
       # the oracle scores the full rollout of these clips, which this sweep already generated
-      token_scores = (self._oracle.of_video(full_videos[ids], args[1], args[3])
-                      if policy == 'oracle' else None)
-      videos.append(np.asarray(sampler.generate(*args, token_scores=token_scores)))
-      seconds += sampler.chunk_seconds[1:]  # the first chunk of a sampler includes compilation
+      if policy == 'oracle':
+        inputs = inputs.replace(token_scores=self._oracle.of_video(
+            full_videos[ids], inputs.label, inputs.frame_cond))
+      out = runner.generate(inputs, jnp.asarray(clips['video'][ids, :cfg.context_frames]))
+      videos.append(np.asarray(out.videos))
+      seconds += out.chunk_seconds[1:]  # the first chunk of a rollout includes compilation
     spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
     videos = np.clip(np.concatenate(videos)[:cfg.num_clips], -1, 1)
-    return videos, spf, sampler.cache_bytes(cfg.batch_size) // cfg.batch_size
+    return videos, spf, runner.cache_bytes(cfg.batch_size) // cfg.batch_size
 
   def run_one(self, policy, budget, seed, full_videos):
     name = run_name(policy, budget, seed)
