@@ -12,6 +12,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -147,7 +148,10 @@ class TrainCheckpoints:
     check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})')
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))  # as saved: the teacher is read, never re-saved
-    return jax.tree.map(lambda a, like: jax.numpy.asarray(a, like.dtype),
+    # on the host, then where a fresh model's parameters are: restored with the shardings of the
+    # training mesh, a rollout's state and its outputs were placed apart and the chunk step
+    # compiled twice (the second time at chunk 2)
+    return jax.tree.map(lambda a, like: jax.numpy.asarray(np.asarray(a), like.dtype),
                         restored['state'][key], params_like)
 
   def close(self):

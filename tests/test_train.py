@@ -194,6 +194,9 @@ def test_student_starts_from_the_teacher_and_generate_reads_a_workdir(tmp_path, 
   gen.context = str(tmp_path / 'cond.npz')
   metrics = generation.generate(gen, str(tmp_path / 'gen'))
   assert metrics['checkpoint'] == str(tmp_path / 'student')
+  # restored from a training workdir, the weights sit where the rollout's state does: each jitted
+  # function compiles once (it compiled the chunk step twice, at chunk 1 and 2)
+  assert metrics['compiles_by_function'] == {'chunk_step': 1}, metrics['compiles_by_function']
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '*.py'))))
