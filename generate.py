@@ -31,7 +31,8 @@ def main(argv):
   spf = metrics['seconds_per_frame']
   print(f"{metrics['policy']}: {metrics['num_samples']} videos of {metrics['num_frames']} frames in "
         f"{FLAGS.workdir}; {'n/a' if spf is None else f'{1000 * spf:.1f} ms'}/frame, "
-        f"cache {metrics['cache_bytes'] / 2**20:.2f} MiB, {metrics['compiles']} compilation(s)")
+        f"cache {metrics['cache_bytes'] / 2**20:.2f} MiB, compilations: "
+        + ', '.join(f'{name} {n}' for name, n in metrics['compiles_by_function'].items()))
 
 
 if __name__ == '__main__':
