@@ -4,7 +4,7 @@
 
 Writes DIR/results.csv and DIR/results.json (one row per policy and budget), DIR/plots/*.png,
 DIR/videos/side_by_side_XX.gif and DIR/runs/ (every run; a rerun skips runs already there, so an
-interrupted sweep resumes).
+interrupted sweep resumes, and refuses runs made with other settings, naming what changed).
 """
 
 import sys

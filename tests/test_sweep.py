@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -195,3 +196,25 @@ def test_oracle_scores_the_sweeps_own_full_rollout(data_dir, tmp_path):
       jnp.asarray(clips['video'][:, :2])).videos
   got = np.load(tmp_path / 'sweep' / 'runs' / 'oracle_b2_s0.npz')['videos']
   np.testing.assert_allclose(got, np.clip(np.asarray(want), -1, 1), atol=1e-5)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_what_changed(data_dir, tmp_path):
+  """Runs on disk are keyed by what decides their result: another num_clips, or other weights,
+  must not be reported as the new config's numbers (nor overwrite config.json); another budget
+  or seed only adds runs."""
+  workdir = tmp_path / 'sweep'
+  small = dict(policies=('full', 'window'), paired_references=(), budgets=(2,),
+               side_by_side=('ground_truth', 'full'), num_videos=0)
+  sweep.Sweep(sweep_config(data_dir, **small), str(workdir)).run()
+  saved_config = (workdir / 'config.json').read_text()
+  for change, message in [(dict(num_clips=2), 'num_clips (saved 4, now 2)'),
+                          (dict(init_seed=1), 'init_seed (saved 0, now 1)'),
+                          ({'sampling.shift': 3.0}, 'rollout.shift (saved 5.0, now 3.0)')]:
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+      sweep.Sweep(sweep_config(data_dir, **small, **change), str(workdir)).run()
+    assert 'full_s0.json' in str(e.value) and 'new --workdir' in str(e.value)
+    assert (workdir / 'config.json').read_text() == saved_config
+  kept = os.path.getmtime(workdir / 'runs' / 'window_b2_s0.npz')
+  rows = sweep.Sweep(sweep_config(data_dir, **{**small, 'budgets': (2, 4)}), str(workdir)).run()
+  assert os.path.getmtime(workdir / 'runs' / 'window_b2_s0.npz') == kept  # reused, not rerun
+  assert [r['budget_frames'] for r in rows] == [None, 2, 4]

@@ -10,9 +10,12 @@ In the sweep's workdir it writes
   config.json                                   the sweep's config
   runs/<policy>_b<budget>_s<seed>.npz / .json   one run: videos, per-clip per-frame metrics
 and then the report beside them (see `report`). A run already on disk is skipped, so an
-interrupted sweep resumes where it stopped.
+interrupted sweep resumes where it stopped; every run records the key of what decides its result
+(`run_key`), and a run on disk made with another key is refused, naming what changed, before any
+work: a rerun with other clips, weights or cache options never reports the old numbers.
 """
 
+import dataclasses
 import json
 import os
 
@@ -127,6 +130,37 @@ def load_clips(cfg):
   return clips
 
 
+# data fields that do not change which clips are read
+_DATA_FIELDS_IGNORED = ('data_dir', 'batch_size')
+
+
+def fingerprint(path: str):
+  """What identifies a checkpoint directory: its path, and its files' count, bytes and newest
+  modification time (a retrained checkpoint at the same path changes these)."""
+  if not path:
+    return None
+  files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+  stats = [os.stat(f) for f in files]
+  return dict(path=os.path.abspath(path), files=len(files), bytes=sum(st.st_size for st in stats),
+              mtime=max((st.st_mtime for st in stats), default=0.0))
+
+
+def _flat(tree, prefix=''):
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f'{prefix}.{k}' if prefix else k))
+  return out
+
+
+def key_changes(saved: dict, now: dict) -> list[str]:
+  """'field (saved a, now b)' for every leaf of two run keys that differs."""
+  a, b = _flat(saved), _flat(now)
+  return [f'{k} (saved {a.get(k)!r}, now {b.get(k)!r})' for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
+
+
 class Sweep:
   """Runs (or resumes) a sweep; `run()` returns the aggregated rows."""
 
@@ -139,6 +173,43 @@ class Sweep:
     self._head = self._oracle = None
 
   # -- one run --------------------------------------------------------------------------------
+
+  def run_key(self, spec, budget, seed) -> dict:
+    """Everything that decides a run's result (JSON values): the model, its weights, the clips,
+    the rollout, the run's cache and the `full` reference's (fidelity is scored against it), the
+    seed, and the head or the oracle's teacher where the policy reads one."""
+    cfg, policy = self.cfg, split_variant(spec)[0]
+    data_cfg = {k: v for k, v in cfg.data.to_dict().items() if k not in _DATA_FIELDS_IGNORED}
+    key = dict(model=dataclasses.asdict(self.model_cfg), checkpoint=fingerprint(cfg.checkpoint),
+               init_seed=cfg.init_seed, data=data_cfg, num_clips=cfg.num_clips,
+               rollout=dataclasses.asdict(self.rc), seed=seed,
+               cache=dataclasses.asdict(self.cache_specs[spec, budget]),
+               full_cache=dataclasses.asdict(self.cache_specs['full', None]))
+    if policy == 'pafu':
+      key['head'] = dict(checkpoint=fingerprint(cfg.head.checkpoint))
+    if policy == 'oracle':
+      key['oracle'] = dict(teacher=fingerprint(cfg.oracle.teacher),
+                           weights=list(cfg.oracle.weights), normalize=cfg.oracle.normalize)
+    return json.loads(json.dumps(key))
+
+  def check_saved_runs(self, planned):
+    """Refuses, before any work, runs on disk made with another key than this sweep's."""
+    stale = []
+    for spec, budget, seed in planned:
+      path = os.path.join(self.runs_dir, run_name(spec, budget, seed) + '.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          saved = json.load(f).get('run_key')
+        changes = (key_changes(saved, self.run_key(spec, budget, seed)) if saved is not None
+                   else ['(no key: made by an older version)'])
+        if changes:
+          stale.append(f'{os.path.basename(path)}: {", ".join(changes[:4])}'
+                       + (f' and {len(changes) - 4} more' if len(changes) > 4 else ''))
+    if stale:
+      raise ValueError(f'{self.workdir} holds runs made with other settings than this sweep\'s:\n  '
+                       + '\n  '.join(stale[:5]) + (f'\n  ... and {len(stale) - 5} more runs'
+                                                   if len(stale) > 5 else '')
+                       + f'\nUse a new --workdir, or remove {self.runs_dir} to rerun them.')
 
   def _rollout(self, spec, budget):
     policy = split_variant(spec)[0]
@@ -180,6 +251,7 @@ class Sweep:
     videos, spf, cache_bytes = self._generate(policy, budget, seed, full_videos)
     reference = videos if full_videos is None else full_videos
     result = dict(policy=policy, budget_frames=budget if is_bounded(policy) else None,
+                  run_key=self.run_key(policy, budget, seed),
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
                   **scores.score_run(videos, reference, self.clips, self.cfg.context_frames))
@@ -191,11 +263,12 @@ class Sweep:
 
   def run(self):
     cfg = self.cfg
+    bounded = [p for p in cfg.policies if is_bounded(p)]
+    todo = [(p, b, s) for s in cfg.seeds for p in bounded for b in cfg.budgets]
+    self.check_saved_runs([('full', None, s) for s in cfg.seeds] + todo)
     os.makedirs(self.runs_dir, exist_ok=True)
     with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
-    bounded = [p for p in cfg.policies if is_bounded(p)]
-    todo = [(p, b, s) for s in cfg.seeds for p in bounded for b in cfg.budgets]
     results, compare = [], {}
     with tqdm.tqdm(total=len(todo) + len(cfg.seeds), desc='sweep', unit='run', disable=None) as bar:
       for seed in cfg.seeds:
