@@ -1,4 +1,6 @@
-"""Model sizes shared by every config: `model_config(size)`."""
+"""Model sizes and the arg grammar shared by every config: `model_config(size)`, `parse_arg(arg)`."""
+
+import dataclasses
 
 import ml_collections
 
@@ -21,25 +23,40 @@ def model_config(size: str = 'base') -> ml_collections.ConfigDict:
       dtype='float32', scan_layers=True))
 
 
-def split_arg(arg: str) -> tuple[str, str]:
-  """A training config's arg, 'SIZE[,DATASET]' in any order -> (model size, data config arg).
+@dataclasses.dataclass(frozen=True)
+class ConfigArg:
+  """A config's `get_config(arg)` argument, parsed: what every config file accepts."""
+  size: str | None     # a model size of SIZES, None if not named
+  dataset: str | None  # a dataset name (occluded_objects, photo_pan, folder, tfds:NAME), or None
 
-  'small' (the default size), 'base', 'tiny' (tests / CI), 'photo_pan', 'base,photo_pan', ...
-  """
-  parts = [p for p in arg.split(',') if p]
+
+def parse_arg(arg: str | None) -> ConfigArg:
+  """The one grammar of every config's arg: 'SIZE,DATASET', both optional, in any order.
+
+  A token that is a model size (tiny, small, base) is the size; any other token names the dataset:
+  'tiny', 'photo_pan', 'small,photo_pan', 'photo_pan,small', 'base,tfds:moving_mnist'."""
+  parts = [p.strip() for p in (arg or '').split(',') if p.strip()]
   sizes = [p for p in parts if p in SIZES]
-  if len(sizes) > 1:
-    raise ValueError(f'At most one model size in {arg!r}; got {sizes}.')
-  size = sizes[0] if sizes else 'small'
   datasets = [p for p in parts if p not in SIZES]
-  return size, ','.join(['tiny' if size == 'tiny' else 'base', *datasets])
+  if len(sizes) > 1 or len(datasets) > 1:
+    what, names = ('model size', sizes) if len(sizes) > 1 else ('dataset', datasets)
+    raise ValueError(f'Config arg {arg!r} names more than one {what} ({", ".join(names)}): give at '
+                     f'most one size of {list(SIZES)} and one dataset, e.g. "small,photo_pan".')
+  return ConfigArg(sizes[0] if sizes else None, datasets[0] if datasets else None)
+
+
+def data_arg(parsed: ConfigArg) -> str:
+  """The data config's arg for a model config's: tiny clips for the tiny model, else base."""
+  return ','.join(['tiny' if parsed.size == 'tiny' else 'base', *filter(None, [parsed.dataset])])
 
 
 def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
-  """The fields every training stage has. arg: see split_arg; 'tiny' gives the test / CI size."""
+  """The fields every training stage has. arg: see parse_arg (size default small); 'tiny' gives
+  the test / CI size."""
   from configs import data
   from pafukv_jax import parallel
-  size, data_arg = split_arg(arg)
+  parsed = parse_arg(arg)
+  size = parsed.size or 'small'
   tiny = size == 'tiny'
   c = ml_collections.ConfigDict()
   c.stage = stage
@@ -86,7 +103,7 @@ def train_config(stage: str, arg: str) -> ml_collections.ConfigDict:
   # frame it is O(1). Its embedding is added to the time embedding, where raw pixels drowned the
   # noise level (photo_pan's teacher reached loss 1.05 at step 200 raw, 0.31 scaled).
   c.model.frame_cond_scale = 1.0 / max(c.model.image_size)
-  c.data = data.get_config(data_arg)
+  c.data = data.get_config(data_arg(ConfigArg(size, parsed.dataset)))
   c.data.num_frames = 8 if tiny else 16
   if tiny:
     c.total_steps = 6

@@ -6,15 +6,15 @@ python train.py --config=...  with  --config.data=configs/data.py[:tiny]  or as 
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
-  """arg: a size, 'base' (32 frames of 32x32) or 'tiny' (tests and smoke runs), and/or a dataset
-  name, comma-separated: 'tiny', 'photo_pan', 'tiny,photo_pan', 'tfds:moving_mnist'."""
-  parts = [p for p in arg.split(',') if p]
-  size = 'tiny' if 'tiny' in parts else 'base'
-  datasets = [p for p in parts if p not in ('tiny', 'base')]
-  if len(datasets) > 1:
-    raise ValueError(f'At most one dataset name in {arg!r}.')
+  """arg (common.parse_arg): 'tiny' (clips for tests and smoke runs; any other size: 32 frames
+  of 32x32) and/or a dataset name: 'tiny', 'photo_pan', 'tiny,photo_pan', 'tfds:moving_mnist'."""
+  parsed = common.parse_arg(arg)
+  size = 'tiny' if parsed.size == 'tiny' else 'base'
+  datasets = [parsed.dataset] if parsed.dataset else []
   c = ml_collections.ConfigDict()
   c.dataset = 'occluded_objects'  # occluded_objects | photo_pan | folder | tfds:NAME
   c.data_dir = ''               # '' = TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)

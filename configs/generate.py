@@ -32,13 +32,14 @@ def demo_model_fields(demo: str) -> dict:
 
 
 def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
-  """arg: a model size from configs/common.py, and for `small` optionally the demo's dataset:
-  'small' (= 'small,occluded_objects'), 'small,photo_pan', 'tiny', 'base'."""
-  size, *dataset = arg.split(',')
-  if dataset and (size != 'small' or dataset[0] not in DEMOS or len(dataset) > 1):
+  """arg (common.parse_arg): a model size, and for `small` (the default) optionally the demo's
+  dataset: 'small' (= 'small,occluded_objects'), 'small,photo_pan', 'tiny', 'base'."""
+  parsed = common.parse_arg(arg)
+  size = parsed.size or 'small'
+  if parsed.dataset and (size != 'small' or parsed.dataset not in DEMOS):
     raise ValueError(f'{arg!r}: a dataset names a demo model, so it goes with size small: '
                      f'{[f"small,{d}" for d in DEMOS]}.')
-  demo = DEMOS[dataset[0] if dataset else 'occluded_objects']
+  demo = DEMOS[parsed.dataset or 'occluded_objects']
   c = ml_collections.ConfigDict()
   c.policy = 'sink_window'      # recompute | full | window | sink_window | h2o | random | pafu | oracle
   c.num_frames = 32             # frames per video, context included
@@ -83,7 +84,7 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
   c.video.scale = 4             # nearest-neighbour upscaling of the written GIFs
 
   c.model = common.model_config(size)
-  c.data = data.get_config(','.join(['tiny' if size == 'tiny' else 'base', *dataset]))
+  c.data = data.get_config(common.data_arg(common.ConfigArg(size, parsed.dataset)))
   if size == 'small':  # a demo model, trained by the commands in demo/README.md
     c.num_frames = 16           # as it was trained
     # it continues held-out clips: from scratch (context='', context_frames=0) its first frame,

@@ -45,7 +45,7 @@ def get_config(arg: str = 'small'):
   c.salience.huber_delta = 0.1  # smooth_l1
   c.salience.smoothness = 0.1   # smooth_l1: weight of the neighbouring-token term
   c.salience.log_eps = 1e-3     # mse_log: log(target + eps)
-  if common.split_arg(arg)[0] == 'tiny':
+  if common.parse_arg(arg).size == 'tiny':
     c.total_steps = 6
     c.eval_every = 3
     c.eval_examples = 8

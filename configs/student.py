@@ -10,5 +10,5 @@ def get_config(arg: str = 'small'):
   c = common.train_config('student', arg)
   c.chunk_frames = 1
   c.clean_context_prob = 0.5
-  c.optimizer.warmup_steps = 100 if common.split_arg(arg)[0] != 'tiny' else 2
+  c.optimizer.warmup_steps = 100 if common.parse_arg(arg).size != 'tiny' else 2
   return c

@@ -8,13 +8,15 @@ split (`:small,photo_pan`: the photo_pan demo in demo/photo_pan/ on photo_pan's 
 16-frame full cache is 4). `tiny` runs random tiny weights: the tests' size.
 """
 
+from configs import common
 from configs import generate as generate_config
 
 
 def get_config(arg: str = 'small'):
-  """arg: 'small' (the demo model), 'tiny' (tests), optionally ',photo_pan' for that dataset."""
-  size = arg.split(',')[0]
-  c = generate_config.get_config(arg if size == 'small' else size)  # small,photo_pan: its demo
+  """arg (configs/common.py's parse_arg): 'small' (the demo model, the default), 'tiny' (tests),
+  and for small optionally 'photo_pan' (its demo on that dataset)."""
+  size = common.parse_arg(arg).size or 'small'
+  c = generate_config.get_config(arg)  # small,photo_pan: its demo
   # NAME@frame: that policy with cache.granularity='frame' (a frame kept or evicted whole)
   c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle', 'h2o@frame',
                 'pafu@frame')
