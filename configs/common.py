@@ -39,9 +39,9 @@ def parse_arg(arg: str | None) -> ConfigArg:
   sizes = [p for p in parts if p in SIZES]
   datasets = [p for p in parts if p not in SIZES]
   if len(sizes) > 1 or len(datasets) > 1:
-    what, names = ('model size', sizes) if len(sizes) > 1 else ('dataset', datasets)
-    raise ValueError(f'Config arg {arg!r} names more than one {what} ({", ".join(names)}): give at '
-                     f'most one size of {list(SIZES)} and one dataset, e.g. "small,photo_pan".')
+    what, names = ('model size', sizes) if len(sizes) > 1 else ('dataset name', datasets)
+    raise ValueError(f'At most one {what} in config arg {arg!r} (got {", ".join(names)}); sizes: '
+                     f'{list(SIZES)}, and one dataset, e.g. "small,photo_pan".')
   return ConfigArg(sizes[0] if sizes else None, datasets[0] if datasets else None)
 
 

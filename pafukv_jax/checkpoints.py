@@ -36,8 +36,9 @@ def _flat(tree):
           for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def check_shapes(saved_tree, expected_tree, what: str) -> None:
-  """Raises a ValueError naming every array whose shape differs or that is missing on a side."""
+def check_shapes(saved_tree, expected_tree, what: str, fields: str = 'model.*') -> None:
+  """Raises a ValueError naming every array whose shape differs or that is missing on a side;
+  `fields`: the config fields that set these shapes, named in the message."""
   saved, expected = _flat(saved_tree), _flat(expected_tree)
   problems = [f'{k}: missing in checkpoint' for k in expected if k not in saved]
   problems += [f'{k}: not in the model' for k in saved if k not in expected]
@@ -46,7 +47,7 @@ def check_shapes(saved_tree, expected_tree, what: str) -> None:
   if problems:
     shown = '\n  '.join(problems[:12]) + ('\n  ...' if len(problems) > 12 else '')
     raise ValueError(f'{what} does not match the model config ({len(problems)} problems); '
-                     f'check the model.* fields:\n  {shown}')
+                     f'check the {fields} fields:\n  {shown}')
 
 
 # DiTConfig fields that change what the weights compute without changing their shapes (or that
@@ -61,11 +62,8 @@ def check_model_config(path: str, model_cfg) -> None:
   """Raises a ValueError if `path/config.json` (written by the training run, kept by export.py)
   trained a model whose MODEL_FIELDS differ from `model_cfg` (a DiTConfig). A field the saved
   config lacks takes DiTConfig's default, as it did when that run trained."""
-  saved_path = os.path.join(path, 'config.json')
-  if not os.path.isfile(saved_path):
-    return
-  with open(saved_path) as f:
-    saved = json.load(f).get('model')
+  run = saved_config(path) or {}
+  saved = run.get('model')
   if not saved:
     return
   defaults = {f.name: f.default for f in dataclasses.fields(model_cfg)}
@@ -74,8 +72,36 @@ def check_model_config(path: str, model_cfg) -> None:
            f'{getattr(model_cfg, k)!r}' for k in MODEL_FIELDS
            if norm(saved.get(k, defaults[k])) != getattr(model_cfg, k)]
   if diffs:
+    dataset = run.get('data', {}).get('dataset')
+    hint = (f'\nIt was trained on data.dataset={dataset!r}: a config arg naming that dataset '
+            f'(e.g. --config=configs/generate.py:small,{dataset}) sets the fields of its demo '
+            'model.' if dataset else '')
     raise ValueError(f'checkpoint {path} was trained with another model config; set these '
-                     'fields as it had them:\n  ' + '\n  '.join(diffs))
+                     'fields as it had them:\n  ' + '\n  '.join(diffs) + hint)
+
+
+def saved_config(path: str) -> dict | None:
+  """The config.json a training run wrote beside its checkpoints (export.py copies it), or None."""
+  saved_path = os.path.join(path, 'config.json')
+  if not os.path.isfile(saved_path):
+    return None
+  with open(saved_path) as f:
+    return json.load(f)
+
+
+STAGE_HINTS = dict(teacher='the bidirectional teacher (train.py --config=configs/teacher.py)',
+                   student='the causal student (train.py --config=configs/student.py)',
+                   salience='a salience head (train.py --config=configs/salience.py)')
+
+
+def check_stage(path: str, stage: str, field: str) -> None:
+  """Refuses a checkpoint whose config.json says it is another stage's (a teacher given as the
+  student, ...); a params directory without config.json is taken as given."""
+  saved = saved_config(path) or {}
+  if saved.get('stage', stage) != stage:
+    raise ValueError(f'{field}={path} holds {STAGE_HINTS.get(saved["stage"], saved["stage"])} '
+                     f'(its config.json says stage {saved["stage"]!r}); {field} must be '
+                     f'{STAGE_HINTS[stage]}.')
 
 
 def _abstract(tree):
@@ -91,15 +117,17 @@ def load_params(path: str, model: nnx.Module) -> nnx.Module:
     raise FileNotFoundError(f'checkpoint {path} does not exist (set --config.checkpoint to a '
                             'directory written by save_params or a training workdir, or leave '
                             'it empty for random weights).')
-  if isinstance(getattr(model, 'cfg', None), DiTConfig):
+  is_dit = isinstance(getattr(model, 'cfg', None), DiTConfig)
+  fields = 'model.*' if is_dit else 'head.* (hidden_dim, per_layer; the head must be for this model)'
+  if is_dit:
     check_model_config(path, model.cfg)
   state = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(state)
   if os.path.isdir(os.path.join(path, TrainCheckpoints.SUBDIR)):
-    params = TrainCheckpoints(path).restore_params(pure)
+    params = TrainCheckpoints(path).restore_params(pure, fields)
   else:
     checkpointer = ocp.StandardCheckpointer()
-    check_shapes(checkpointer.metadata(path).item_metadata.tree, pure, f'checkpoint {path}')
+    check_shapes(checkpointer.metadata(path).item_metadata.tree, pure, f'checkpoint {path}', fields)
     params = checkpointer.restore(path, _abstract(pure))
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
@@ -138,14 +166,15 @@ class TrainCheckpoints:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out['state'], out['meta']
 
-  def restore_params(self, params_like):
+  def restore_params(self, params_like, fields: str = 'model.*'):
     """Model parameters of the latest step (EMA if kept), shaped like `params_like`."""
     step = self.latest_step()
     if step is None:
       raise FileNotFoundError(f'{self.directory} holds no checkpoint yet.')
     saved = self._saved_tree(step)
     key = 'ema' if saved.get('ema') else 'params'
-    check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})')
+    check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})',
+                 fields)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore()))  # as saved: the teacher is read, never re-saved
     # on the host, then where a fresh model's parameters are: restored with the shardings of the

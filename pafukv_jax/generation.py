@@ -128,6 +128,17 @@ def sample_labels(cfg, model_cfg: DiTConfig, context_labels=None) -> np.ndarray:
                                                   dtype=np.int32)
 
 
+def check_stages(cfg, policy_names):
+  """Refuses checkpoints of the wrong stage (a teacher as the student, ...), for the policies
+  that will run (a head for pafu, the teacher for oracle)."""
+  if cfg.checkpoint:
+    checkpoints.check_stage(cfg.checkpoint, 'student', 'checkpoint')
+  if 'pafu' in policy_names and cfg.head.checkpoint:
+    checkpoints.check_stage(cfg.head.checkpoint, 'salience', 'head.checkpoint')
+  if 'oracle' in policy_names and cfg.oracle.teacher:
+    checkpoints.check_stage(cfg.oracle.teacher, 'teacher', 'oracle.teacher')
+
+
 def build_model(model_cfg: DiTConfig, checkpoint: str, init_seed: int = 0):
   """The model of `model_cfg` with the weights in `checkpoint` (random weights if '')."""
   model = init_model(model_cfg, init_seed)
@@ -173,6 +184,7 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
                cfg.oracle.teacher if cfg.policy == 'oracle' else ''):
     if path and not os.path.isdir(path):
       raise FileNotFoundError(f'checkpoint {path} does not exist.')
+  check_stages(cfg, [cfg.policy])
   if cfg.num_samples < 1 or cfg.batch_size < 1:
     raise ValueError('num_samples and batch_size must be >= 1.')
   model_cfg, rc, spec = parse_config(cfg)

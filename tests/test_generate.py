@@ -236,3 +236,24 @@ def test_demo_configs_point_at_shipped_models_of_their_dataset(arg, dataset):
   assert budget.get_config(arg).data.dataset == dataset
   with pytest.raises(ValueError, match='goes with size small'):
     generate_config.get_config('base,photo_pan')
+
+
+def test_a_checkpoint_of_another_stage_is_refused_naming_what_it_is(tmp_path):
+  """A teacher given as the student (its config.json says stage: teacher) is refused before any
+  work; a head of the wrong shape blames head.*, not model.*."""
+  from pafukv_jax.salience.head import init_head
+  cfg = tiny_config()
+  model_cfg = DiTConfig.from_config(cfg.model)
+  teacher = tmp_path / 'teacher'
+  checkpoints.save_params(str(teacher), init_model(model_cfg))
+  (teacher / 'config.json').write_text(json.dumps(dict(stage='teacher', model=cfg.model.to_dict())))
+  with pytest.raises(ValueError, match=r"checkpoint=.*teacher holds the bidirectional teacher .*"
+                                       r"stage 'teacher'.*must be the causal student"):
+    generation.generate(tiny_config(checkpoint=str(teacher)), str(tmp_path / 'out'))
+  assert not (tmp_path / 'out').exists()
+  head = tmp_path / 'head'
+  checkpoints.save_params(str(head), init_head(override(cfg.head.copy_and_resolve_references(),
+                                                        hidden_dim=5), model_cfg))
+  with pytest.raises(ValueError, match=r'check the head\.\* '):
+    generation.build_head(override(cfg.head.copy_and_resolve_references(), checkpoint=str(head)),
+                          model_cfg)

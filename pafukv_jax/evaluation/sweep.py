@@ -112,6 +112,7 @@ def check_config(cfg):
                               f'or leave {policy!r} out of policies.')
   if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
     raise FileNotFoundError(f'checkpoint {cfg.checkpoint} does not exist.')
+  generation.check_stages(cfg, base_policies)
   if cfg.data.num_frames != cfg.num_frames or tuple(cfg.data.image_size) != tuple(
       model_cfg.image_size):
     raise ValueError(f'data clips ({cfg.data.num_frames} frames of {tuple(cfg.data.image_size)}) '

@@ -35,6 +35,7 @@ def check_config(cfg) -> DistillConfig:
     if not os.path.isdir(cfg[field]):
       raise FileNotFoundError(f'config.{field}={cfg[field]} does not exist: give the {field}\'s '
                               'training workdir or params directory.')
+    checkpoints.check_stage(cfg[field], field, field)
   num_layers = cfg.model.num_layers
   if not -num_layers <= cfg.head.feature_layer < num_layers:
     raise ValueError(f'head.feature_layer={cfg.head.feature_layer} is not a layer of the '
