@@ -55,7 +55,7 @@ def check_shapes(saved_tree, expected_tree, what: str, fields: str = 'model.*') 
 # cache_block_size are how to run the model and may differ from the run that trained it.
 MODEL_FIELDS = ('image_size', 'channels', 'patch_size', 'dim', 'ffn_dim', 'num_heads',
                 'num_layers', 'freq_dim', 'cond_dim', 'num_cond_tokens', 'num_classes',
-                'frame_cond_dim', 'frame_cond_scale', 'eps', 'rope_theta')
+                'frame_cond_dim', 'frame_cond_scale', 'eps', 'rope_theta', 'rope_positions')
 
 
 def check_model_config(path: str, model_cfg) -> None:

@@ -22,6 +22,7 @@ from flax import nnx, struct
 
 from pafukv_jax.cache import kv_cache
 from pafukv_jax.cache.policies import get_policy
+from pafukv_jax.models.rope import camera_path
 from pafukv_jax.sampling import RolloutConfig, chunk_policy_keys, chunk_slice, denoise_chunk
 
 
@@ -80,9 +81,11 @@ def _write(static, model, head, cache, clean, frames, inputs, keys, masses=()):
   """The clean pass at t = 0 over a chunk, then its K/V enter the cache through the policy."""
   policy, spec, cfg = get_policy(static.spec.policy), static.spec, model.cfg
   b, f = clean.shape[:2]
-  fc = chunk_slice(inputs.frame_cond, frames[0], f)
+  n = frames[0] // f
+  fc = chunk_slice(inputs.frame_cond, n, f)
   _, aux = model(clean, jnp.zeros((b, f)), frames, inputs.label, fc, mode='cached',
-                 cache=cache.read(cfg.cache_block_size), collect=policy.collect(spec, True))
+                 cache=cache.read(cfg.cache_block_size), collect=policy.collect(spec, True),
+                 camera=_chunk_camera(cfg, inputs, n, f))
   cache = policy.receive(spec, cache, [*masses, *[aux[n] for n in ('cache_mass',) if n in aux]])
   s = cfg.tokens_per_frame
   token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
@@ -91,6 +94,13 @@ def _write(static, model, head, cache, clean, frames, inputs, keys, masses=()):
   keep = policy.keep_score(spec, cache, token_frames, incoming, keys)
   return kv_cache.update_cache(cache, aux['k'], aux['v'], token_frames, incoming, keep,
                                sink_frames=spec.sink_frames, recent_frames=spec.recent_frames)
+
+
+def _chunk_camera(cfg, inputs, chunk, f):
+  """World positions: the camera's position at the chunk's frames, from the whole video's path."""
+  if cfg.rope_positions != 'world':
+    return None
+  return chunk_slice(camera_path(inputs.frame_cond), chunk, f)
 
 
 def _modules(static, params):
@@ -116,11 +126,13 @@ def chunk_step(static: Static, params, state: RolloutState, inputs: RolloutInput
   n, f = state.chunk, static.rc.chunk_frames
   frames = _chunk_frames(static, n)
   fc = chunk_slice(inputs.frame_cond, n, f)
+  camera = _chunk_camera(cfg, inputs, n, f)
   read = state.cache.read(cfg.cache_block_size)
   collect, masses = policy.collect(spec, False), []
 
   def velocity(x, t):
-    v, aux = model(x, t, frames, inputs.label, fc, mode='cached', cache=read, collect=collect)
+    v, aux = model(x, t, frames, inputs.label, fc, mode='cached', cache=read, collect=collect,
+                   camera=camera)
     if 'cache_mass' in aux:
       masses.append(aux['cache_mass'])
     return v

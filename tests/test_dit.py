@@ -141,3 +141,17 @@ def test_bad_model_config(field, value, match):
     cfg[field] = value
   with pytest.raises(ValueError, match=match):
     DiTConfig.from_config(cfg)
+
+
+def test_world_positions_with_a_still_camera_are_the_grid_model():
+  grid = tiny_model(frame_cond_dim=2)
+  world = tiny_model(frame_cond_dim=2, rope_positions='world')
+  video, times, frames, label = _inputs(grid.cfg)
+  still = jnp.zeros((2, 6, 2))
+  np.testing.assert_array_equal(world(video, times, frames, label, still)[0],
+                                grid(video, times, frames, label, still)[0])
+  moving = still.at[:, 2:, 0].set(4.0)  # one patch to the right per frame from frame 2
+  assert float(jnp.max(jnp.abs(world(video, times, frames, label, moving)[0]
+                                - grid(video, times, frames, label, moving)[0]))) > 1e-3
+  with pytest.raises(ValueError, match='frame_cond_dim >= 2'):
+    tiny_model(rope_positions='world')

@@ -52,3 +52,34 @@ def test_token_positions_layout():
   np.testing.assert_array_equal(pos[0, 6:, 0], 9)
   np.testing.assert_array_equal(pos[0, :6, 1], [0, 0, 0, 1, 1, 1])
   np.testing.assert_array_equal(pos[0, :6, 2], [0, 1, 2, 0, 1, 2])
+
+
+def test_world_positions_make_a_scene_point_attend_by_its_place_not_the_path():
+  """With world positions, the logit between two tokens that show the same scene point depends
+  on their frames only, not on the camera path between them; a zero path gives the grid."""
+  from pafukv_jax.models.rope import camera_path, rope_angles, token_positions
+  gh = gw = 4
+  patch = 4
+  t = 5
+  # two paths (dx, dy per frame, pixels) that end at the same place by different routes
+  a = jnp.array([[0, 0], [4, 0], [4, 4], [-4, 0], [0, -4]], jnp.float32)
+  b = jnp.array([[0, 0], [-8, 4], [12, -8], [0, 0], [0, 4]], jnp.float32)
+  assert np.allclose(camera_path(a[None])[0, -1], camera_path(b[None])[0, -1])
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 1, t * gh * gw, 12)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, t * gh * gw, 12)), jnp.float32)
+  frames = jnp.arange(t)[None]
+
+  def logits(path):
+    pos = token_positions(frames, gh, gw, camera_path(path[None]), patch)
+    angles = rope_angles(pos, 12)
+    return jnp.einsum('bhqd,bhkd->bhqk', apply_rope(q, angles), apply_rope(k, angles))[0, 0]
+
+  la, lb = logits(a), logits(b)
+  # frame 4's camera position is the same on both paths: its logits against frame 0 must be too
+  last, first = slice(4 * 16, 5 * 16), slice(0, 16)
+  np.testing.assert_allclose(la[last, first], lb[last, first], rtol=1e-4, atol=1e-4)
+  assert float(jnp.max(jnp.abs(la[16:32, first] - lb[16:32, first]))) > 1e-2  # in between: not
+  grid = token_positions(frames, gh, gw)
+  np.testing.assert_array_equal(token_positions(frames, gh, gw, jnp.zeros((1, t, 2)), patch),
+                                grid.astype(jnp.float32))

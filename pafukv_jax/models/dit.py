@@ -23,7 +23,7 @@ from flax import nnx
 from pafukv_jax.models.attention import (ATTENTION_IMPLS, CrossAttention, SelfAttention,
                                          block_causal_mask)
 from pafukv_jax.models.layers import MLP, dense, gelu_tanh, layer_norm
-from pafukv_jax.models.rope import rope_angles, token_positions
+from pafukv_jax.models.rope import ROPE_POSITIONS, camera_path, rope_angles, token_positions
 
 ATTENTION_MODES = ('bidirectional', 'block_causal', 'cached')
 # What a forward can also return in its `aux` dict (each stacked over layers):
@@ -55,6 +55,10 @@ class DiTConfig:
   frame_cond_scale: float = 1.0
   eps: float = 1e-6
   rope_theta: float = 10000.0
+  # 'grid': RoPE's (row, col) is the patch's place in the frame; 'world': its place in the scene,
+  # the patch plus the camera's displacement since frame 0 (frame_cond's first two fields, dx and
+  # dy in pixels), so revisited content sits at the position it had when first seen
+  rope_positions: str = 'grid'
   dtype: str = 'float32'
   scan_layers: bool = True
   attention_impl: str = 'blockwise'  # blockwise | masked | xla | cudnn (see models/attention.py)
@@ -86,6 +90,12 @@ class DiTConfig:
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'model.attention_impl must be one of {ATTENTION_IMPLS}, '
                        f'got {self.attention_impl!r}.')
+    if self.rope_positions not in ROPE_POSITIONS:
+      raise ValueError(f'model.rope_positions must be one of {ROPE_POSITIONS}, '
+                       f'got {self.rope_positions!r}.')
+    if self.rope_positions == 'world' and self.frame_cond_dim < 2:
+      raise ValueError("model.rope_positions='world' reads the camera motion (dx, dy) from "
+                       f'frame_cond: it needs model.frame_cond_dim >= 2, got {self.frame_cond_dim}.')
     if self.cache_block_size < 1:
       raise ValueError(f'model.cache_block_size must be >= 1, got {self.cache_block_size}.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):
@@ -245,7 +255,7 @@ class VideoDiT(nnx.Module):
   # -- forward --------------------------------------------------------------------------------
 
   def __call__(self, video, t, frame_index, label, frame_cond=None, *, mode='bidirectional',
-               chunk_frames=1, cache=None, collect=()):
+               chunk_frames=1, cache=None, collect=(), camera=None):
     """Predicts the flow velocity for `video` [B, T, H, W, C]; returns (velocity, aux).
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
@@ -256,6 +266,9 @@ class VideoDiT(nnx.Module):
     mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
     cache: for 'cached', the `KVCache.read()` every block attends to.
     collect: names of COLLECTABLE internals to return in `aux` (only those are kept).
+    camera: with rope_positions='world', the camera's position [B, T, 2] at these frames
+      (rope.camera_path of the whole video, sliced); default: the path of frame_cond, which is
+      right when these frames are a whole video from frame 0.
     Returns velocity [B, T, H, W, C] (float32) and aux {name: array} for the names collected.
     """
     if mode not in ATTENTION_MODES:
@@ -273,11 +286,16 @@ class VideoDiT(nnx.Module):
     x = self.patch_embedding(self.patchify(video.astype(cfg.compute_dtype)))  # [B, T, S, dim]
     e, e0 = self.time_condition(t, frame_cond)
     context = self.condition(label)
-    positions = token_positions(frame_index, *cfg.grid)
+    if cfg.rope_positions == 'world' and camera is None:
+      if frame_cond is None:
+        raise ValueError("rope_positions='world' needs frame_cond (or camera) [B, T, 2].")
+      camera = camera_path(frame_cond)
+    positions = token_positions(frame_index, *cfg.grid,
+                                camera if cfg.rope_positions == 'world' else None, cfg.patch_size)
     angles = rope_angles(positions, cfg.head_dim, cfg.rope_theta)
     mask = None
     if mode == 'block_causal':
-      mask = block_causal_mask(positions[..., 0], chunk_frames)
+      mask = block_causal_mask(positions[..., 0].astype(jnp.int32), chunk_frames)
     x, aux = self.run_blocks(x, e0, context, angles, mask, cache, tuple(sorted(set(collect))))
     velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
     return velocity, aux
