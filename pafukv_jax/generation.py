@@ -37,8 +37,9 @@ def parse_config(cfg, policy: str | None = None, cache_config=None):
   None for 'recompute') of `policy` (default cfg.policy) with `cache_config` (default cfg.cache)."""
   model_cfg = DiTConfig.from_config(cfg.model)
   rc = rollout_config(cfg)
-  spec = policies.cache_spec(policy or cfg.policy, cfg.cache if cache_config is None else cache_config,
-                             num_frames=rc.num_frames, chunk_frames=rc.chunk_frames,
+  cache_config = cfg.cache if cache_config is None else cache_config
+  spec = policies.cache_spec(policy or cfg.policy, cache_config, num_frames=rc.num_frames,
+                             chunk_frames=rc.chunk_frames,
                              tokens_per_frame=model_cfg.tokens_per_frame)
   return model_cfg, rc, spec
 
@@ -152,11 +153,8 @@ def build_model(model_cfg: DiTConfig, checkpoint: str, init_seed: int = 0):
 def build_head(head_cfg, model_cfg: DiTConfig):
   """The trained salience head in head_cfg.checkpoint: a salience-stage workdir (its config.json
   gives the head's shape) or a params directory (shaped by head_cfg's fields)."""
-  shape = head_cfg
-  saved = os.path.join(head_cfg.checkpoint, 'config.json')
-  if os.path.isfile(saved):
-    with open(saved) as f:
-      shape = ml_collections.ConfigDict(json.load(f).get('head') or head_cfg.to_dict())
+  saved = checkpoints.saved_config(head_cfg.checkpoint) or {}
+  shape = ml_collections.ConfigDict(saved['head']) if saved.get('head') else head_cfg
   head = init_head(shape, model_cfg)
   return checkpoints.load_params(head_cfg.checkpoint, head)
 

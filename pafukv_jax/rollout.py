@@ -73,34 +73,35 @@ class Static:
                              and self._key() == other._key())
 
 
-def _chunk_frames(static, chunk):
-  return chunk * static.rc.chunk_frames + jnp.arange(static.rc.chunk_frames)
+def _chunk(static, cfg, inputs, n):
+  """Chunk n's frame indices [F], frame_cond [B, F, D] (or None) and, with world positions, the
+  camera's position at its frames [B, F, 2], from the whole video's path (else None)."""
+  f = static.rc.chunk_frames
+  frames = n * f + jnp.arange(f)
+  fc = chunk_slice(inputs.frame_cond, n, f)
+  camera = (chunk_slice(camera_path(inputs.frame_cond), n, f)
+            if cfg.rope_positions == 'world' else None)
+  return frames, fc, camera
 
 
-def _write(static, model, head, cache, clean, frames, inputs, keys, masses=()):
-  """The clean pass at t = 0 over a chunk, then its K/V enter the cache through the policy."""
+def _write(static, model, head, cache, clean, n, inputs, masses=()):
+  """The clean pass at t = 0 over chunk n, then its K/V enter the cache through the policy."""
   policy, spec, cfg = get_policy(static.spec.policy), static.spec, model.cfg
   b, f = clean.shape[:2]
-  n = frames[0] // f
-  fc = chunk_slice(inputs.frame_cond, n, f)
+  frames, fc, camera = _chunk(static, cfg, inputs, n)
   _, aux = model(clean, jnp.zeros((b, f)), frames, inputs.label, fc, mode='cached',
                  cache=cache.read(cfg.cache_block_size), collect=policy.collect(spec, True),
-                 camera=_chunk_camera(cfg, inputs, n, f))
-  cache = policy.receive(spec, cache, [*masses, *[aux[n] for n in ('cache_mass',) if n in aux]])
+                 camera=camera)
+  if 'cache_mass' in aux:
+    masses = [*masses, aux['cache_mass']]
+  cache = policy.receive(spec, cache, masses)
   s = cfg.tokens_per_frame
   token_frames = jnp.broadcast_to(jnp.repeat(frames, s), (b, f * s))
   token_index = token_frames * s + jnp.tile(jnp.arange(s), f)[None]
   incoming = policy.incoming_score(spec, aux, token_index, cfg.num_layers, head, inputs.token_scores)
-  keep = policy.keep_score(spec, cache, token_frames, incoming, keys)
+  keep = policy.keep_score(spec, cache, token_frames, incoming, chunk_policy_keys(inputs.keys, n))
   return kv_cache.update_cache(cache, aux['k'], aux['v'], token_frames, incoming, keep,
                                sink_frames=spec.sink_frames, recent_frames=spec.recent_frames)
-
-
-def _chunk_camera(cfg, inputs, chunk, f):
-  """World positions: the camera's position at the chunk's frames, from the whole video's path."""
-  if cfg.rope_positions != 'world':
-    return None
-  return chunk_slice(camera_path(inputs.frame_cond), chunk, f)
 
 
 def _modules(static, params):
@@ -112,10 +113,9 @@ def _modules(static, params):
 def prefill(static: Static, params, state: RolloutState, context, inputs: RolloutInputs):
   """Writes context chunk `state.chunk` (of context [B, context_frames, ...]) into the cache."""
   model, head = _modules(static, params)
-  n, f = state.chunk, static.rc.chunk_frames
-  clean = chunk_slice(context, n, f)
-  cache = _write(static, model, head, state.cache, clean, _chunk_frames(static, n), inputs,
-                 chunk_policy_keys(inputs.keys, n))
+  n = state.chunk
+  clean = chunk_slice(context, n, static.rc.chunk_frames)
+  cache = _write(static, model, head, state.cache, clean, n, inputs)
   return state.replace(cache=cache, chunk=n + 1)
 
 
@@ -124,9 +124,7 @@ def chunk_step(static: Static, params, state: RolloutState, inputs: RolloutInput
   model, head = _modules(static, params)
   policy, spec, cfg = get_policy(static.spec.policy), static.spec, model.cfg
   n, f = state.chunk, static.rc.chunk_frames
-  frames = _chunk_frames(static, n)
-  fc = chunk_slice(inputs.frame_cond, n, f)
-  camera = _chunk_camera(cfg, inputs, n, f)
+  frames, fc, camera = _chunk(static, cfg, inputs, n)
   read = state.cache.read(cfg.cache_block_size)
   collect, masses = policy.collect(spec, False), []
 
@@ -139,8 +137,7 @@ def chunk_step(static: Static, params, state: RolloutState, inputs: RolloutInput
 
   b = inputs.label.shape[0]
   clean = denoise_chunk(velocity, inputs.keys, n, (b, f, *cfg.image_size, cfg.channels), static.rc)
-  cache = _write(static, model, head, state.cache, clean, frames, inputs,
-                 chunk_policy_keys(inputs.keys, n), masses)
+  cache = _write(static, model, head, state.cache, clean, n, inputs, masses)
   return state.replace(cache=cache, chunk=n + 1), clean
 
 

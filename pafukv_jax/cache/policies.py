@@ -124,8 +124,7 @@ class Policy:
   def incoming_score(self, spec, aux, token_index, num_layers, head=None, table=None):
     """The score [L, B, N] each incoming token carries into the cache. aux: the writing pass's
     outputs; token_index [B, N] absolute token indices; head(hidden, token_index) -> [B, N] or
-    [L, B, N];
-    table: the oracle's scores [B, T*S] or [L, B, T*S]."""
+    [L, B, N]; table: the oracle's scores [B, T*S] or [L, B, T*S]."""
     b, n = token_index.shape
     score = jnp.zeros((b, n))
     if self.incoming == 'head':
@@ -168,7 +167,7 @@ def rollout_policies() -> tuple[str, ...]:
 
 def register(policy: Policy) -> Policy:
   """Adds a policy under its name, for every entry point (generate.py, evaluate.py, ...)."""
-  if policy.name in (RECOMPUTE, *POLICIES):
+  if policy.name in rollout_policies():
     raise ValueError(f'A policy named {policy.name!r} exists already.')
   POLICIES[policy.name] = policy
   return policy

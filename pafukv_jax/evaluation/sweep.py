@@ -101,8 +101,10 @@ def check_config(cfg):
     raise ValueError(f'paired_references names {unknown}: they must be bounded policies of '
                      f'{cfg.policies}.')
   model_cfg, rc, _ = generation.parse_config(cfg, 'full')
+  # the runs' caches: `full` once (budget None), every bounded policy at every budget
   cache_specs = {(spec, budget): generation.parse_config(cfg, *cache_config(cfg, spec, budget))[2]
-                 for spec in cfg.policies for budget in (None, *cfg.budgets)}
+                 for spec in cfg.policies
+                 for budget in (cfg.budgets if is_bounded(spec) else (None,))}
   needs = dict(pafu=('head.checkpoint', cfg.head.checkpoint),
                oracle=('oracle.teacher', cfg.oracle.teacher))
   base_policies = [split_variant(p)[0] for p in cfg.policies]
@@ -170,6 +172,9 @@ class Sweep:
     self.cfg, self.workdir = cfg, workdir
     self.runs_dir = os.path.join(workdir, 'runs')
     self.model = generation.build_model(self.model_cfg, cfg.checkpoint, cfg.init_seed)
+    # the checkpoints' fingerprints, once: every run's key names them
+    self.fingerprints = {path: fingerprint(path) for path in
+                         (cfg.checkpoint, cfg.head.checkpoint, cfg.oracle.teacher)}
     self.clips = load_clips(cfg)
     self._head = self._oracle = None
 
@@ -181,15 +186,16 @@ class Sweep:
     seed, and the head or the oracle's teacher where the policy reads one."""
     cfg, policy = self.cfg, split_variant(spec)[0]
     data_cfg = {k: v for k, v in cfg.data.to_dict().items() if k not in _DATA_FIELDS_IGNORED}
-    key = dict(model=dataclasses.asdict(self.model_cfg), checkpoint=fingerprint(cfg.checkpoint),
+    key = dict(model=dataclasses.asdict(self.model_cfg),
+               checkpoint=self.fingerprints[cfg.checkpoint],
                init_seed=cfg.init_seed, data=data_cfg, num_clips=cfg.num_clips,
                rollout=dataclasses.asdict(self.rc), seed=seed,
                cache=dataclasses.asdict(self.cache_specs[spec, budget]),
                full_cache=dataclasses.asdict(self.cache_specs['full', None]))
     if policy == 'pafu':
-      key['head'] = dict(checkpoint=fingerprint(cfg.head.checkpoint))
+      key['head'] = dict(checkpoint=self.fingerprints[cfg.head.checkpoint])
     if policy == 'oracle':
-      key['oracle'] = dict(teacher=fingerprint(cfg.oracle.teacher),
+      key['oracle'] = dict(teacher=self.fingerprints[cfg.oracle.teacher],
                            weights=list(cfg.oracle.weights), normalize=cfg.oracle.normalize)
     return json.loads(json.dumps(key))
 

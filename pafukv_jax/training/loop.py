@@ -45,9 +45,9 @@ def _frozen(cfg, field):
   return _get(cfg, field)
 
 
-def check_config(cfg, workdir) -> DiTConfig:
+def check_config(cfg, workdir):
   """Validates cfg and, for a workdir with a saved config, that it means the same run; returns
-  the model's typed config."""
+  the typed configs: the model's and, for the salience stage, the DistillConfig (else None)."""
   if cfg.stage not in steps.STAGES:
     raise ValueError(f'Unknown stage {cfg.stage!r}; expected one of {steps.STAGES}.')
   for field in ('total_steps', 'batch_size', 'log_every', 'checkpoint_every'):
@@ -60,8 +60,7 @@ def check_config(cfg, workdir) -> DiTConfig:
     raise ValueError(f'data.num_frames={cfg.data.num_frames} is not a multiple of '
                      f'chunk_frames={cfg.chunk_frames}.')
   model_cfg = DiTConfig.from_config(cfg.model)
-  if cfg.stage == 'salience':
-    distill.check_config(cfg)
+  dc = distill.check_config(cfg) if cfg.stage == 'salience' else None
   saved_path = os.path.join(workdir, 'config.json')
   if os.path.exists(saved_path):
     with open(saved_path) as f:
@@ -76,7 +75,7 @@ def check_config(cfg, workdir) -> DiTConfig:
     if diffs:
       raise ValueError(f'{workdir} holds a run with other {", ".join(diffs)}: resume it with its '
                        f'own config ({saved_path}) or start a new --workdir.')
-  return model_cfg
+  return model_cfg, dc
 
 
 class MetricWriter:
@@ -166,7 +165,7 @@ class SampleWriter:
 def train(cfg, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the metrics of the last logged step."""
   # -- check: everything that can be wrong is found before any work -----------------------------
-  model_cfg = check_config(cfg, workdir)
+  model_cfg, dc = check_config(cfg, workdir)
   parallel.maybe_initialize_distributed(cfg.multihost)
   mesh = parallel.make_mesh(cfg.mesh)
   with cfg.unlocked():
@@ -174,8 +173,8 @@ def train(cfg, workdir: str) -> dict:
   pipeline = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES)
   frozen = targets_fn = None
   if cfg.stage == 'salience':  # batches become (student features, teacher targets) in the step
-    frozen, targets_fn = distill.load_frozen(  # before the workdir: a wrong-shaped teacher
-        cfg, model_cfg, distill.check_config(cfg), mesh)  # leaves nothing behind
+    # before the workdir: a wrong-shaped teacher leaves nothing behind
+    frozen, targets_fn = distill.load_frozen(cfg, model_cfg, dc, mesh)
   os.makedirs(workdir, exist_ok=True)
 
   # -- set up, then restore ----------------------------------------------------------------------
