@@ -200,6 +200,55 @@ def test_photo_pan_frame_cond_is_the_camera_motion_and_the_mask_follows_it(built
   assert checked_overlap > 0
 
 
+def waypoint_examples(count, num_frames=16, size=32, horizon=4):
+  cfg = procedural.procedural_config(num_frames=num_frames, height=size, width=size,
+                                     revisit_horizon=horizon, trajectories='waypoints')
+  return [photo_pan_lib.make_example(procedural.example_rng(0, 'test', i), 'test', cfg)
+          for i in range(count)]
+
+
+def test_photo_pan_waypoints_revisit_what_neither_the_first_frames_nor_the_last_hold():
+  """Independent of the generator: from the camera path (summed frame_cond), every revisited
+  pixel (the mask) shows a scene point outside the first frame's view, and where its return
+  begins, outside the `horizon` frames before (a window of that size does not hold it)."""
+  size, horizon = 32, 4
+  for e in waypoint_examples(6, horizon=horizon):
+    assert e['label'] == photo_pan_lib.TRAJECTORIES.index('waypoints')
+    pos = np.cumsum(e['frame_cond'].astype(int), axis=0)
+    mask = e['revisit_mask']
+    assert mask[-1].mean() > 0.5    # the camera ends back at the waypoint
+    ys, xs = np.mgrid[:size, :size]
+    in_view = lambda points, s: ((points - pos[s] >= 0) & (points - pos[s] < size)).all(-1)
+    returns = 0
+    for t in np.flatnonzero(mask.any(axis=(1, 2))):
+      points = np.stack([xs[mask[t]], ys[mask[t]]], -1) + pos[t]    # scene points, revisited
+      assert not in_view(points, 0).any(), t
+      back = points[~in_view(points, t - 1)]                          # their return begins at t
+      returns += len(back)
+      for s in range(t - horizon, t):
+        assert not in_view(back, s).any(), (t, s)
+    assert returns > 0
+
+
+def test_photo_pan_trajectory_families_keep_their_labels_and_the_default_data():
+  # the default ('' = out_and_back,loop) draws what it always did; a subset keeps the labels
+  default = procedural.procedural_config(num_frames=8, height=16, width=16)
+  explicit = procedural.procedural_config(num_frames=8, height=16, width=16,
+                                          trajectories='out_and_back,loop')
+  assert default.name != explicit.name and 'waypoints' not in default.name
+  for i in range(4):
+    a, b = (photo_pan_lib.make_example(procedural.example_rng(0, 'train', i), 'train', c)
+            for c in (default, explicit))
+    np.testing.assert_array_equal(a['video'], b['video'])
+  loops = procedural.procedural_config(num_frames=8, height=16, width=16, trajectories='loop')
+  assert {int(photo_pan_lib.make_example(procedural.example_rng(0, 'train', i), 'train',
+                                         loops)['label']) for i in range(4)} == {1}
+  with pytest.raises(ValueError, match='out_and_back.*loop.*waypoints'):
+    PhotoPan(num_frames=8, height=16, width=16, trajectories='spiral')
+  with pytest.raises(ValueError, match='no camera trajectories'):
+    OccludedObjects(num_frames=8, height=16, width=16, trajectories='loop')
+
+
 def test_occluded_objects_have_a_static_camera_and_revisits(built):
   examples = split_examples(built[OccludedObjects], 'train')
   assert all(not e['frame_cond'].any() for e in examples)

@@ -44,11 +44,13 @@ class ProceduralConfig(tfds.core.BuilderConfig):
   test_examples: int = 500
   revisit_horizon: int = 8      # N: content unseen for more than N frames counts as revisited
   seed: int = 0
+  trajectories: str = ''        # photo_pan: camera trajectory families drawn ('' = its default)
 
 
 def procedural_config(num_frames: int = 32, height: int = 32, width: int = 32,
                       train_examples: int = 5000, test_examples: int = 500,
-                      revisit_horizon: int = 8, seed: int = 0) -> ProceduralConfig:
+                      revisit_horizon: int = 8, seed: int = 0,
+                      trajectories: str = '') -> ProceduralConfig:
   sizes = dict(num_frames=num_frames, height=height, width=width, train_examples=train_examples,
                test_examples=test_examples, revisit_horizon=revisit_horizon, seed=seed)
   sizes = {k: int(v) for k, v in sizes.items()}
@@ -59,7 +61,10 @@ def procedural_config(num_frames: int = 32, height: int = 32, width: int = 32,
       raise ValueError(f'{key} must be >= {low}; got {sizes[key]}.')
   name = ('t{num_frames}_{height}x{width}_train{train_examples}_test{test_examples}'
           '_n{revisit_horizon}_seed{seed}').format(**sizes)
-  return ProceduralConfig(name=name, **sizes)
+  trajectories = ','.join(n.strip() for n in trajectories.split(',') if n.strip())
+  if trajectories:  # '' keeps the names (and folders) of datasets made before the field existed
+    name += '_' + trajectories.replace(',', '-')
+  return ProceduralConfig(name=name, trajectories=trajectories, **sizes)
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -99,6 +104,7 @@ class ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
       raise ValueError(f'config must be a ProceduralConfig (from procedural_config(...)), not the '
                        f'name {config!r}: pass the sizes as keyword arguments instead.')
     config = config if config is not None else procedural_config(**sizes)
+    self.check_config(config)
     super().__init__(data_dir=data_dir, config=config, file_format=file_format, version=version)
 
   @tfds.core.utils.classproperty
@@ -108,7 +114,13 @@ class ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     # declares it only for < 3.9); the defining module's file is all it wants.
     return epath.Path(inspect.getfile(cls))
 
-  # Subclasses: extra features beside the shared ones, and the example generator.
+  # Subclasses: their config's check, extra features beside the shared ones, the generator.
+  @classmethod
+  def check_config(cls, config: ProceduralConfig) -> None:
+    if config.trajectories:
+      raise ValueError(f'{cls.__name__} has no camera trajectories: leave trajectories empty '
+                       f'(got {config.trajectories!r}; photo_pan has them).')
+
   def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
     return {}
 
