@@ -73,7 +73,7 @@ class Static:
                              and self._key() == other._key())
 
 
-def _chunk(static, cfg, inputs, n):
+def chunk_conditioning(static, cfg, inputs, n):
   """Chunk n's frame indices [F], frame_cond [B, F, D] (or None) and, with world positions, the
   camera's position at its frames [B, F, 2], from the whole video's path (else None)."""
   f = static.rc.chunk_frames
@@ -84,11 +84,11 @@ def _chunk(static, cfg, inputs, n):
   return frames, fc, camera
 
 
-def _write(static, model, head, cache, clean, n, inputs, masses=()):
+def write_chunk(static, model, head, cache, clean, n, inputs, masses=()):
   """The clean pass at t = 0 over chunk n, then its K/V enter the cache through the policy."""
   policy, spec, cfg = get_policy(static.spec.policy), static.spec, model.cfg
   b, f = clean.shape[:2]
-  frames, fc, camera = _chunk(static, cfg, inputs, n)
+  frames, fc, camera = chunk_conditioning(static, cfg, inputs, n)
   _, aux = model(clean, jnp.zeros((b, f)), frames, inputs.label, fc, mode='cached',
                  cache=cache.read(cfg.cache_block_size), collect=policy.collect(spec, True),
                  camera=camera)
@@ -104,7 +104,7 @@ def _write(static, model, head, cache, clean, n, inputs, masses=()):
                                sink_frames=spec.sink_frames, recent_frames=spec.recent_frames)
 
 
-def _modules(static, params):
+def merge_modules(static, params):
   model = nnx.merge(static.graphdef, params['model'])
   head = nnx.merge(static.head_graphdef, params['head']) if static.head_graphdef else None
   return model, head
@@ -112,19 +112,19 @@ def _modules(static, params):
 
 def prefill(static: Static, params, state: RolloutState, context, inputs: RolloutInputs):
   """Writes context chunk `state.chunk` (of context [B, context_frames, ...]) into the cache."""
-  model, head = _modules(static, params)
+  model, head = merge_modules(static, params)
   n = state.chunk
   clean = chunk_slice(context, n, static.rc.chunk_frames)
-  cache = _write(static, model, head, state.cache, clean, n, inputs)
+  cache = write_chunk(static, model, head, state.cache, clean, n, inputs)
   return state.replace(cache=cache, chunk=n + 1)
 
 
 def chunk_step(static: Static, params, state: RolloutState, inputs: RolloutInputs):
   """Generates chunk `state.chunk`: returns (state with it in the cache, clean chunk)."""
-  model, head = _modules(static, params)
+  model, head = merge_modules(static, params)
   policy, spec, cfg = get_policy(static.spec.policy), static.spec, model.cfg
   n, f = state.chunk, static.rc.chunk_frames
-  frames, fc, camera = _chunk(static, cfg, inputs, n)
+  frames, fc, camera = chunk_conditioning(static, cfg, inputs, n)
   read = state.cache.read(cfg.cache_block_size)
   collect, masses = policy.collect(spec, False), []
 
@@ -137,14 +137,14 @@ def chunk_step(static: Static, params, state: RolloutState, inputs: RolloutInput
 
   b = inputs.label.shape[0]
   clean = denoise_chunk(velocity, inputs.keys, n, (b, f, *cfg.image_size, cfg.channels), static.rc)
-  cache = _write(static, model, head, state.cache, clean, n, inputs, masses)
+  cache = write_chunk(static, model, head, state.cache, clean, n, inputs, masses)
   return state.replace(cache=cache, chunk=n + 1), clean
 
 
 def recompute_step(static: Static, params, state: RolloutState, inputs: RolloutInputs):
   """Generates chunk `state.chunk` by the block-causal model over the whole video buffer, whose
   frames before it are final; returns (state with the chunk in the buffer, clean chunk)."""
-  model, _ = _modules(static, params)
+  model, _ = merge_modules(static, params)
   video, n = state.video, state.chunk
   f, num_frames = static.rc.chunk_frames, static.rc.num_frames
   b, start = video.shape[0], n * f
@@ -231,7 +231,8 @@ class Rollout:
     devices = leaf.devices() if isinstance(leaf, jax.Array) else set()  # host arrays: no device
     return jax.device_put(state, next(iter(devices))) if len(devices) == 1 else state
 
-  def _check(self, inputs: RolloutInputs, context):
+  def check(self, inputs: RolloutInputs, context):
+    """Refuses inputs of the wrong shapes for this rollout, naming the shape it wants."""
     rc, cfg = self.rc, self.model_cfg
     b = inputs.label.shape[0]
     if inputs.keys.shape != (b,):
@@ -256,7 +257,7 @@ class Rollout:
   def generate(self, inputs: RolloutInputs, context=None, progress=None) -> Generated:
     """Videos of the batch `inputs` (see `inputs()`); context [B, context_frames, H, W, C] or
     None; progress: a callable(n) called after each generated chunk."""
-    self._check(inputs, context)
+    self.check(inputs, context)
     rc, static = self.rc, self.static
     if rc.context_frames:
       context = jnp.asarray(context, jnp.float32)
