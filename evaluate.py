@@ -1,6 +1,7 @@
 """Runs a sweep of cache policies x budgets x seeds and writes the trade-off table, plots, videos.
 
   python evaluate.py --config=configs/sweeps/budget.py --workdir=DIR [--config.seeds=0,1 ...]
+  python evaluate.py ... --config.mode=teacher_forced [--config.noise_level=0.5]
 
 Writes DIR/results.csv and DIR/results.json (one row per policy and budget), DIR/plots/*.png,
 DIR/videos/side_by_side_XX.gif and DIR/runs/ (every run; a rerun skips runs already there, so an
@@ -32,6 +33,9 @@ def main(argv):
     rows = sweep.Sweep(FLAGS.config, FLAGS.workdir).run()
   except (ValueError, FileNotFoundError) as e:  # bad input: say what, not where
     sys.exit(f'evaluate.py: error: {e}')
+  if FLAGS.config.mode != 'rollout':
+    print(f'mode={FLAGS.config.mode}: every chunk predicted from noise level '
+          f'{FLAGS.config.noise_level:g} over a cache of the true frames')
   print(f'{"policy":12s} {"budget":>6s} {"memory":>7s} {"PSNR gt":>8s} {"PSNR full":>9s} '
         f'{"SSIM gt":>7s} {"ms/frame":>8s} {"cache KiB":>9s}')
   for r in rows:

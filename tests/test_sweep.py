@@ -66,6 +66,33 @@ def _check_scores_match_numpy_on_the_saved_videos(workdir, rows, data_dir):
       'ssim_full'] > 0.999
 
 
+def test_a_teacher_forced_sweep_scores_the_predictions_from_the_true_frames(tmp_path, data_dir):
+  """mode='teacher_forced': every run's videos are the context and then each chunk predicted
+  over a cache of the true frames (what teacher_forced.predict gives, tested against the model
+  run on those frames); the scores, the whole-video window == full and the report as in a
+  rollout sweep."""
+  import jax.numpy as jnp
+  from pafukv_jax import rollout, sampling
+  from pafukv_jax.evaluation import teacher_forced
+  from pafukv_jax.models.dit import DiTConfig, init_model
+  from tests.helpers import make_rollout
+  workdir = tmp_path / 'tf'
+  cfg = sweep_config(data_dir, mode='teacher_forced', noise_level=0.5, policies=('full', 'window'))
+  rows = sweep.Sweep(cfg, str(workdir)).run()
+  _check_scores_match_numpy_on_the_saved_videos(workdir, rows, data_dir)
+  clips = sweep.load_clips(cfg)
+  model = init_model(DiTConfig.from_config(cfg.model), cfg.init_seed)
+  want = teacher_forced.predict(
+      make_rollout(model, sweep.generation.rollout_config(cfg), 'full', cfg.cache),
+      rollout.inputs(sampling.sample_keys(0, np.arange(4)), clips['label']),
+      jnp.asarray(clips['video']), 0.5).videos
+  full = np.load(workdir / 'runs' / 'full_s0.npz')['videos']
+  np.testing.assert_allclose(full, np.clip(np.asarray(want), -1, 1), atol=1e-5)
+  assert json.loads((workdir / 'runs' / 'full_s0.json').read_text())['run_key']['mode'] == dict(
+      name='teacher_forced', noise_level=0.5)
+  assert (workdir / 'plots' / 'memory_psnr_vs_budget.png').exists()
+
+
 def _check_report(workdir, rows):
   with open(workdir / 'results.csv') as f:
     table = list(csv.DictReader(f))
@@ -133,6 +160,8 @@ def test_policy_variants_run_with_their_own_granularity(data_dir, tmp_path):
     (dict(budgets=(0, 2)), 'smaller than one chunk'),
     (dict(context_frames=0), 'context_frames'),
     (dict(paired_references=('sink_window',)), 'paired_references'),
+    (dict(mode='teacher'), 'mode must be one of'),
+    (dict(mode='teacher_forced', noise_level=0.0), r'noise_level must be in \(0, 1\]'),
 ])
 def test_bad_config_fails_before_any_work(data_dir, tmp_path, overrides, match):
   with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -209,7 +238,8 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_changed(data_dir, tm
   saved_config = (workdir / 'config.json').read_text()
   for change, message in [(dict(num_clips=2), 'num_clips (saved 4, now 2)'),
                           (dict(init_seed=1), 'init_seed (saved 0, now 1)'),
-                          ({'sampling.shift': 3.0}, 'rollout.shift (saved 5.0, now 3.0)')]:
+                          ({'sampling.shift': 3.0}, 'rollout.shift (saved 5.0, now 3.0)'),
+                          (dict(mode='teacher_forced'), "mode.name (saved None, now 'teacher_")]:
     with pytest.raises(ValueError, match=re.escape(message)) as e:
       sweep.Sweep(sweep_config(data_dir, **small, **change), str(workdir)).run()
     assert 'full_s0.json' in str(e.value) and 'new --workdir' in str(e.value)

@@ -1,6 +1,7 @@
 """A sweep: every policy x cache budget x seed, continuation of held-out clips.
 
 python evaluate.py --config=configs/sweeps/budget.py[:tiny] --workdir=DIR [--config.seeds=0,1 ...]
+                   [--config.mode=teacher_forced --config.noise_level=0.5]
 
 Defaults: the demo model shipped in demo/ (student, head and teacher) on occluded_objects' test
 split (`:small,photo_pan`: the photo_pan demo in demo/photo_pan/ on photo_pan's test split),
@@ -23,6 +24,11 @@ def get_config(arg: str = 'small'):
   c.budgets = (3, 4, 8)          # cache.budget_frames of each bounded policy (with 1 sink frame
                                  # and the incoming one protected, 2 would leave no choice)
   c.seeds = (0,)                 # noise seeds; each runs every policy and budget
+  # rollout: the rest of each clip is generated (a free continuation); teacher_forced: each
+  # policy's cache holds the true frames and every chunk is predicted from `noise_level` (one
+  # fixed noise for all policies), so the scores isolate what the cache kept from the drift
+  c.mode = 'rollout'
+  c.noise_level = 1.0            # teacher_forced: 1 = from pure noise, 0.5 = half-noised frames
   c.compare_budget = 4           # budget of the per-frame curves and side-by-side videos
   # paired.csv: memory score gains over these; 'auto': those of window, sink_window, h2o swept
   c.paired_references = ('auto',)

@@ -54,7 +54,8 @@ def _plots(plot_dir, cfg, rows, results):
       elif r[metric] is not None:  # full, at any budget: the level the others approach
         series['full (whole video)'] = (budgets, [r[metric]] * len(budgets))
     plots.line_plot(os.path.join(plot_dir, f'{metric}_vs_budget.png'), series,
-                    'cache budget (frames)', LABELS[metric], f'{LABELS[metric]} vs cache budget')
+                    'cache budget (frames)', LABELS[metric],
+                    f'{mode_title(cfg)}{LABELS[metric]} vs cache budget')
   series = {}
   for r in rows:
     xs, ys = series.setdefault(r['policy'], ([], []))
@@ -76,8 +77,13 @@ def _plots(plot_dir, cfg, rows, results):
           warnings.simplefilter('ignore', RuntimeWarning)  # all-None frames: mean of nothing
           series[r['policy']] = (frames, np.nanmean(per_frame, axis=0))
     plots.line_plot(os.path.join(plot_dir, f'{metric}_per_frame.png'), series, 'frame',
-                    LABELS[metric], f'per frame, budget {cfg.compare_budget} frames '
-                    f'(first {cfg.context_frames} given)')
+                    LABELS[metric], f'{mode_title(cfg)}per frame, budget {cfg.compare_budget} '
+                    f'frames (first {cfg.context_frames} given)')
+
+
+def mode_title(cfg):
+  """'' for rollouts; the teacher-forced noise level otherwise (its frames are predictions)."""
+  return '' if cfg.mode == 'rollout' else f'teacher-forced from t = {cfg.noise_level:g}, '
 
 
 def _videos(video_dir, cfg, compare, clips_video):

@@ -1,10 +1,14 @@
 """Sweeps: every policy x cache budget x seed on held-out clips, run (or resumed) and reported.
 
-The task is continuation: the first `context_frames` of each held-out clip are given (prefilled
-into the cache) and the rest is generated. Each run is scored (`scores`) and timed (seconds per
-generated frame, steady state) with its cache's bytes per sample; the aggregated table, paired
-gains, plots and videos are written by `report`. This module checks the config before any work
-and runs the rollouts.
+The first `context_frames` of each held-out clip are given (prefilled into the cache); `mode`
+says what happens to the rest:
+  rollout         it is generated: a free continuation, scored against the ground truth;
+  teacher_forced  the cache is built from its true frames, and every chunk is predicted from
+                  noise level `noise_level` over it (`teacher_forced`): what differs between
+                  policies is only what their caches kept, not the drift of their own rollouts.
+Each run is scored (`scores`) and timed (seconds per generated frame, steady state) with its
+cache's bytes per sample; the aggregated table, paired gains, plots and videos are written by
+`report`. This module checks the config before any work and runs the rollouts.
 
 In the sweep's workdir it writes
   config.json                                   the sweep's config
@@ -26,7 +30,7 @@ import tqdm
 from pafukv_jax import data, generation, rollout, sampling
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.kv_cache import GRANULARITIES
-from pafukv_jax.evaluation import report, scores
+from pafukv_jax.evaluation import report, run_keys, scores, teacher_forced
 from pafukv_jax.evaluation.report import GROUND_TRUTH
 from pafukv_jax.evaluation.scores import split_variant
 
@@ -53,6 +57,7 @@ def cache_config(cfg, spec, budget):
   return policy, cache
 
 
+MODES = ('rollout', 'teacher_forced')
 NAME_LISTS = ('policies', 'side_by_side', 'paired_references')
 AUTO = 'auto'
 # what side_by_side / paired_references = 'auto' become: these, less the policies not swept
@@ -86,6 +91,13 @@ def check_config(cfg):
   if bad:
     raise ValueError(f'{bad}: a policy variant is a bounded policy with @GRANULARITY, one of '
                      f'{GRANULARITIES} (pafu@frame).')
+  if cfg.mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, got {cfg.mode!r}.')
+  if cfg.mode == 'teacher_forced' and not 0 < cfg.noise_level <= 1:
+    raise ValueError(f'noise_level must be in (0, 1] (1: each chunk predicted from pure noise), '
+                     f'got {cfg.noise_level}.')
+  if cfg.mode == 'teacher_forced' and 'recompute' in cfg.policies:
+    raise ValueError("mode='teacher_forced' needs cache policies: leave out 'recompute'.")
   if 'full' not in cfg.policies:
     raise ValueError("policies must include 'full': it is the reference of the fidelity metrics.")
   if not 0 < cfg.context_frames < cfg.num_frames:
@@ -133,35 +145,10 @@ def load_clips(cfg):
   return clips
 
 
-# data fields that do not change which clips are read
+# data fields that do not change which clips are read, and fields added since runs recorded
+# their keys, left out at the value those runs had (so their keys still match)
 _DATA_FIELDS_IGNORED = ('data_dir', 'batch_size')
-
-
-def fingerprint(path: str):
-  """What identifies a checkpoint directory: its path, and its files' count, bytes and newest
-  modification time (a retrained checkpoint at the same path changes these)."""
-  if not path:
-    return None
-  files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
-  stats = [os.stat(f) for f in files]
-  return dict(path=os.path.abspath(path), files=len(files), bytes=sum(st.st_size for st in stats),
-              mtime=max((st.st_mtime for st in stats), default=0.0))
-
-
-def _flat(tree, prefix=''):
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f'{prefix}.{k}' if prefix else k))
-  return out
-
-
-def key_changes(saved: dict, now: dict) -> list[str]:
-  """'field (saved a, now b)' for every leaf of two run keys that differs."""
-  a, b = _flat(saved), _flat(now)
-  return [f'{k} (saved {a.get(k)!r}, now {b.get(k)!r})' for k in sorted(set(a) | set(b))
-          if a.get(k) != b.get(k)]
+_DATA_DEFAULTS_OMITTED = dict(trajectories='')
 
 
 class Sweep:
@@ -173,7 +160,7 @@ class Sweep:
     self.runs_dir = os.path.join(workdir, 'runs')
     self.model = generation.build_model(self.model_cfg, cfg.checkpoint, cfg.init_seed)
     # the checkpoints' fingerprints, once: every run's key names them
-    self.fingerprints = {path: fingerprint(path) for path in
+    self.fingerprints = {path: run_keys.fingerprint(path) for path in
                          (cfg.checkpoint, cfg.head.checkpoint, cfg.oracle.teacher)}
     self.clips = load_clips(cfg)
     self._head = self._oracle = None
@@ -185,13 +172,16 @@ class Sweep:
     the rollout, the run's cache and the `full` reference's (fidelity is scored against it), the
     seed, and the head or the oracle's teacher where the policy reads one."""
     cfg, policy = self.cfg, split_variant(spec)[0]
-    data_cfg = {k: v for k, v in cfg.data.to_dict().items() if k not in _DATA_FIELDS_IGNORED}
+    data_cfg = {k: v for k, v in cfg.data.to_dict().items() if k not in _DATA_FIELDS_IGNORED
+                and _DATA_DEFAULTS_OMITTED.get(k, object()) != v}
     key = dict(model=dataclasses.asdict(self.model_cfg),
                checkpoint=self.fingerprints[cfg.checkpoint],
                init_seed=cfg.init_seed, data=data_cfg, num_clips=cfg.num_clips,
                rollout=dataclasses.asdict(self.rc), seed=seed,
                cache=dataclasses.asdict(self.cache_specs[spec, budget]),
                full_cache=dataclasses.asdict(self.cache_specs['full', None]))
+    if cfg.mode != 'rollout':  # rollout runs keep the keys they had before modes existed
+      key['mode'] = dict(name=cfg.mode, noise_level=cfg.noise_level)
     if policy == 'pafu':
       key['head'] = dict(checkpoint=self.fingerprints[cfg.head.checkpoint])
     if policy == 'oracle':
@@ -207,7 +197,7 @@ class Sweep:
       if os.path.exists(path):
         with open(path) as f:
           saved = json.load(f).get('run_key')
-        changes = (key_changes(saved, self.run_key(spec, budget, seed)) if saved is not None
+        changes = (run_keys.key_changes(saved, self.run_key(spec, budget, seed)) if saved is not None
                    else ['(no key: made by an older version)'])
         if changes:
           stale.append(f'{os.path.basename(path)}: {", ".join(changes[:4])}'
@@ -238,11 +228,16 @@ class Sweep:
       cond = clips.get('frame_cond')
       inputs = rollout.inputs(sampling.sample_keys(seed, ids), clips['label'][ids],
                               None if cond is None else cond[ids])
-      # the oracle scores the full rollout of these clips, which this sweep already generated
+      # the oracle scores the video the cache holds: the full rollout of these clips (which this
+      # sweep already generated), or in teacher-forced mode the clips themselves
       if policy == 'oracle':
+        seen = clips['video'][ids] if cfg.mode == 'teacher_forced' else full_videos[ids]
         inputs = inputs.replace(token_scores=self._oracle.of_video(
-            full_videos[ids], inputs.label, inputs.frame_cond))
-      out = runner.generate(inputs, jnp.asarray(clips['video'][ids, :cfg.context_frames]))
+            jnp.asarray(seen), inputs.label, inputs.frame_cond))
+      if cfg.mode == 'teacher_forced':
+        out = teacher_forced.predict(runner, inputs, clips['video'][ids], cfg.noise_level)
+      else:
+        out = runner.generate(inputs, jnp.asarray(clips['video'][ids, :cfg.context_frames]))
       videos.append(np.asarray(out.videos))
       seconds += out.chunk_seconds[1:]  # the first chunk of a rollout includes compilation
     spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
@@ -258,6 +253,7 @@ class Sweep:
     videos, spf, cache_bytes = self._generate(policy, budget, seed, full_videos)
     reference = videos if full_videos is None else full_videos
     result = dict(policy=policy, budget_frames=budget if is_bounded(policy) else None,
+                  mode=self.cfg.mode,
                   run_key=self.run_key(policy, budget, seed),
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
