@@ -15,6 +15,7 @@ from absl import logging
 
 from pafukv_jax import checkpoints, rollout, sampling, video_io
 from pafukv_jax.cache import policies
+from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience.head import init_head
@@ -188,6 +189,9 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   model_cfg, rc, spec = parse_config(cfg)
   check_workdir(workdir, overwrite)
   context, frame_cond, context_labels = load_context(cfg, model_cfg)
+  if cfg.policy == 'fov' and frame_cond is None:
+    raise ValueError("policy='fov' scores tokens by the planned camera path: give a context "
+                     "with frame_cond (--config.context=test on photo_pan, or an .npz with it).")
   labels = sample_labels(cfg, model_cfg, context_labels)
   model = build_model(model_cfg, cfg.checkpoint, cfg.init_seed)
   head = build_head(cfg.head, model_cfg) if cfg.policy == 'pafu' else None
@@ -209,6 +213,9 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
 
   # the oracle's reference rollouts come first: `compiles` and the timings are the policy's own
   scores = [oracle(*batch(i)) if oracle else None for i in range(num_batches)]
+  if cfg.policy == 'fov':
+    scores = [fov_scores(batch(i)[0].frame_cond, model_cfg.image_size, model_cfg.patch_size)
+              for i in range(num_batches)]
   with CompileCounter(*rollout.JITTED) as compiles:
     start = time.perf_counter()
     for i in range(num_batches):

@@ -5,7 +5,7 @@ A `Policy` says, in one place, everything the rollout does differently for it:
     fn(frame [L, B, M] int, score [L, B, M] carried score, keys [B]) -> [L, B, M]; with
     cache.per_layer, `keep_per_layer` if it has one;
   * `incoming`: the score an incoming token carries into the cache: 'none' (0), 'head' (the
-    salience head's, pafu) or 'table' (given per-token scores, the oracle's);
+    salience head's, pafu) or 'table' (given per-token scores: the oracle's, fov's);
   * `attention`: whether the attention each cached slot receives is added to its carried score:
     'none', 'all' (h2o) or 'mix' (pafu: a share cache.pafu_mix of it, the head's the rest);
   * `bounded` (False: the whole video fits, nothing is evicted) and `uses_sink`.
@@ -154,6 +154,7 @@ POLICIES = {
         Policy('h2o', carried, attention='all'),
         Policy('random', uniform, keep_per_layer=uniform_per_layer),
         Policy('pafu', carried, incoming='head', attention='mix'),
+        Policy('fov', carried, incoming='table'),   # scores: cache/fov.py, from the path
         Policy('oracle', carried, incoming='table'),
     )
 }

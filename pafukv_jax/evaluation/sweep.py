@@ -29,6 +29,7 @@ import tqdm
 
 from pafukv_jax import data, generation, rollout, sampling
 from pafukv_jax.cache import policies
+from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.cache.kv_cache import GRANULARITIES
 from pafukv_jax.evaluation import report, run_keys, scores, teacher_forced
 from pafukv_jax.evaluation.report import GROUND_TRUTH
@@ -163,6 +164,8 @@ class Sweep:
     self.fingerprints = {path: run_keys.fingerprint(path) for path in
                          (cfg.checkpoint, cfg.head.checkpoint, cfg.oracle.teacher)}
     self.clips = load_clips(cfg)
+    if any(split_variant(p)[0] == 'fov' for p in cfg.policies) and 'frame_cond' not in self.clips:
+      raise ValueError(f"policy 'fov' needs the clips' camera path: {cfg.data.dataset} has none.")
     self._head = self._oracle = None
 
   # -- one run --------------------------------------------------------------------------------
@@ -234,6 +237,9 @@ class Sweep:
         seen = clips['video'][ids] if cfg.mode == 'teacher_forced' else full_videos[ids]
         inputs = inputs.replace(token_scores=self._oracle.of_video(
             jnp.asarray(seen), inputs.label, inputs.frame_cond))
+      if policy == 'fov':  # the planned path: what later frames will see
+        inputs = inputs.replace(token_scores=fov_scores(
+            cond[ids], self.model_cfg.image_size, self.model_cfg.patch_size))
       if cfg.mode == 'teacher_forced':
         out = teacher_forced.predict(runner, inputs, clips['video'][ids], cfg.noise_level)
       else:
