@@ -97,8 +97,6 @@ def check_config(cfg):
   if cfg.mode == 'teacher_forced' and not 0 < cfg.noise_level <= 1:
     raise ValueError(f'noise_level must be in (0, 1] (1: each chunk predicted from pure noise), '
                      f'got {cfg.noise_level}.')
-  if cfg.mode == 'teacher_forced' and 'recompute' in cfg.policies:
-    raise ValueError("mode='teacher_forced' needs cache policies: leave out 'recompute'.")
   if 'full' not in cfg.policies:
     raise ValueError("policies must include 'full': it is the reference of the fidelity metrics.")
   if not 0 < cfg.context_frames < cfg.num_frames:
