@@ -19,13 +19,16 @@ from flax import nnx
 from pafukv_jax.models.dit import DiTConfig
 
 
-def save_params(path: str, model: nnx.Module) -> None:
-  """Writes the model's parameters to a new directory `path` (refuses to replace one)."""
+def save_params(path: str, model) -> None:
+  """Writes a model's parameters (an nnx.Module, or its pure dict of arrays) to a new directory
+  `path` (refuses to replace one)."""
   path = os.path.abspath(path)
   if os.path.exists(path):
     raise FileExistsError(f'{path} exists; choose a new checkpoint directory.')
+  if isinstance(model, nnx.Module):
+    model = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  checkpointer.save(path, model)
   checkpointer.wait_until_finished()
 
 

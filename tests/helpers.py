@@ -47,7 +47,8 @@ def caches_per_chunk(runner, inputs):
   import jax
   import jax.numpy as jnp
   from pafukv_jax import rollout
-  state = runner.init_state(inputs.label.shape[0])
+  state = runner.init_state(inputs.cond.shape[0])
+  inputs = runner.encode(inputs)
   caches = []
   for _ in range(runner.rc.num_chunks):
     state, _ = rollout.chunk_step_jit(runner.static, runner.params, state, inputs)

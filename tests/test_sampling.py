@@ -48,7 +48,7 @@ def test_sixteen_chunks_compile_the_step_once_and_keep_shapes():
   shapes = []
   with CompileCounter(rollout.chunk_step_jit) as compiles:
     for seed, labels in ((0, [0, 1]), (1, [2, 3])):  # a second video: no recompile
-      inputs = rollout.inputs(sampling.sample_keys(seed, [0, 1]), labels)
+      inputs = runner.encode(rollout.inputs(sampling.sample_keys(seed, [0, 1]), labels))
       state = runner.init_state(2)
       for _ in range(rc.num_chunks):  # the public step, driven by hand
         shapes.append(jax.tree.map(lambda a: (a.shape, a.dtype), state.cache))

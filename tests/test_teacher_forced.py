@@ -25,7 +25,7 @@ def reference(model, video, inputs, n, f, level, kept, mode):
   frames = np.concatenate([np.asarray(kept, int), n * f + np.arange(f)])
   buf = jnp.concatenate([video[:, np.asarray(kept, int)], x_t], axis=1)
   t = jnp.concatenate([jnp.zeros((B, len(kept))), jnp.full((B, f), level)], axis=1)
-  v, _ = model(buf, t, jnp.asarray(frames), inputs.label, mode=mode, chunk_frames=f)
+  v, _ = model(buf, t, jnp.asarray(frames), inputs.cond, mode=mode, chunk_frames=f)
   return np.asarray(x_t - level * v[:, -f:])
 
 

@@ -234,7 +234,7 @@ class Sweep:
       if policy == 'oracle':
         seen = clips['video'][ids] if cfg.mode == 'teacher_forced' else full_videos[ids]
         inputs = inputs.replace(token_scores=self._oracle.of_video(
-            jnp.asarray(seen), inputs.label, inputs.frame_cond))
+            jnp.asarray(seen), inputs.cond, inputs.frame_cond))
       if policy == 'fov':  # the planned path: what later frames will see
         inputs = inputs.replace(token_scores=fov_scores(
             cond[ids], self.model_cfg.image_size, self.model_cfg.patch_size))

@@ -33,7 +33,7 @@ def teacher_forced_step(static: rollout.Static, params, state: rollout.RolloutSt
   true = chunk_slice(video, n, f)
   level = jnp.full(true.shape[:2], t, jnp.float32)
   x_t = diffusion.add_noise(true, chunk_noise(inputs.keys, n, 0, true.shape[1:]), level)
-  v, aux = model(x_t, level, frames, inputs.label, fc, mode='cached',
+  v, aux = model(x_t, level, frames, inputs.cond, fc, mode='cached',
                  cache=state.cache.read(cfg.cache_block_size),
                  collect=policy.collect(spec, False), camera=camera)
   masses = [aux['cache_mass']] if 'cache_mass' in aux else []  # h2o: what this pass attended
@@ -56,13 +56,13 @@ def predict(runner: rollout.Rollout, inputs: rollout.RolloutInputs, video,
   if not 0.0 < noise_level <= 1.0:
     raise ValueError(f'noise_level must be in (0, 1] (1: from pure noise), got {noise_level}.')
   video = jnp.asarray(video, jnp.float32)
-  want = (inputs.label.shape[0], rc.num_frames, *runner.model_cfg.image_size,
+  want = (inputs.cond.shape[0], rc.num_frames, *runner.model_cfg.image_size,
           runner.model_cfg.channels)
   if video.shape != want:
     raise ValueError(f'video must be the whole true clips, shape {want}, got {video.shape}.')
   context = video[:, :rc.context_frames]
   runner.check(inputs, context if rc.context_frames else None)
-  state = runner.init_state(want[0])
+  state, inputs = runner.init_state(want[0]), runner.encode(inputs)
   first = rc.context_frames // rc.chunk_frames
   for _ in range(first):
     state = rollout.prefill_jit(runner.static, runner.params, state, video, inputs)

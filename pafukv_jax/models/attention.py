@@ -206,7 +206,13 @@ class SelfAttention(_Attention):
 class CrossAttention(_Attention):
   """Cross-attention from video tokens to the conditioning tokens (Wan2.1's text attention)."""
 
+  def kv(self, context):
+    """Keys and values [B, H, Lc, Dh] of conditioning tokens [B, Lc, dim]: the same for every
+    chunk and pass of a video, so a rollout computes them once (`VideoDiT.cross_kv`)."""
+    return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
+
   def __call__(self, x, context):
+    """context: conditioning tokens [B, Lc, dim], or their precomputed (k, v) from `kv`."""
+    k, v = context if isinstance(context, tuple) else self.kv(context)
     q = self._heads(self.norm_q(self.q(x)))
-    k = self._heads(self.norm_k(self.k(context)))
-    return self._out(attention(q, k, self._heads(self.v(context)), impl=self.impl))
+    return self._out(attention(q, k, v, impl=self.impl))

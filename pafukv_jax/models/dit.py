@@ -18,7 +18,7 @@ import math
 import einops
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from pafukv_jax.models.attention import (ATTENTION_IMPLS, CrossAttention, SelfAttention,
                                          block_causal_mask)
@@ -48,7 +48,7 @@ class DiTConfig:
   freq_dim: int = 256
   cond_dim: int = 64
   num_cond_tokens: int = 4
-  num_classes: int = 10
+  num_classes: int = 10      # 0: no label table; the model takes prompt embeddings only
   frame_cond_dim: int = 0
   # frame_cond is multiplied by this before its (linear) embedding, which is added to the time
   # embedding: values far above 1 (camera motion in pixels) drown the noise level there
@@ -83,6 +83,9 @@ class DiTConfig:
       raise ValueError(
           f'model.image_size {self.image_size} is not divisible by model.patch_size '
           f'{self.patch_size}: choose a patch size that divides both sides, or resize the frames.')
+    if self.num_classes < 0 or self.num_cond_tokens < 1:
+      raise ValueError(f'model.num_classes must be >= 0 (0: prompt embeddings only) and '
+                       f'model.num_cond_tokens >= 1, got {self.num_classes}, {self.num_cond_tokens}.')
     if self.dim % self.num_heads:
       raise ValueError(f'model.dim {self.dim} is not divisible by model.num_heads {self.num_heads}.')
     if self.head_dim % 2 or self.head_dim < 6:
@@ -116,6 +119,15 @@ class DiTConfig:
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
+
+
+@struct.dataclass
+class CrossKV:
+  """Every layer's cross-attention keys and values [L, B, H, Lc, Dh] for one batch's conditioning
+  (`VideoDiT.cross_kv`): passed as `cond`, the forward skips the text embedding and the K/V
+  projections, which are the same for every chunk and denoising pass of a video."""
+  k: jax.Array
+  v: jax.Array
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -184,12 +196,14 @@ class VideoDiT(nnx.Module):
     self.cfg = cfg
     patch_pixels = cfg.patch_size ** 2 * cfg.channels
     self.patch_embedding = dense(cfg, patch_pixels, cfg.dim, (None, 'embed'), rngs)
-    # Class labels stand in for prompts: each label is a short sequence of conditioning tokens
-    # that goes through Wan's text_embedding. Index num_classes is the null label.
-    self.label_embedding = nnx.Embed(
-        cfg.num_classes + 1, cfg.num_cond_tokens * cfg.cond_dim,
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ('vocab', 'embed')),
-        rngs=rngs)
+    # Prompts come as embeddings [B, L, cond_dim] (umT5's for Wan) into Wan's text_embedding;
+    # class labels, where num_classes > 0, stand in for them: each label is a learnt sequence of
+    # num_cond_tokens such embeddings. Index num_classes is the null label.
+    if cfg.num_classes:
+      self.label_embedding = nnx.Embed(
+          cfg.num_classes + 1, cfg.num_cond_tokens * cfg.cond_dim,
+          embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ('vocab', 'embed')),
+          rngs=rngs)
     self.text_embedding = MLP(cfg, cfg.cond_dim, cfg.dim, cfg.dim, gelu_tanh, rngs=rngs)
     self.time_embedding = MLP(cfg, cfg.freq_dim, cfg.dim, cfg.dim, jax.nn.silu, rngs=rngs)
     self.time_projection = dense(cfg, cfg.dim, 6 * cfg.dim, ('embed', 'mlp'), rngs)
@@ -214,11 +228,27 @@ class VideoDiT(nnx.Module):
     p, (gh, gw) = self.cfg.patch_size, self.cfg.grid
     return einops.rearrange(tokens, 'b t (h w) (p q c) -> b t (h p) (w q) c', h=gh, w=gw, p=p, q=p)
 
-  def condition(self, label):
-    """Conditioning tokens [B, num_cond_tokens, dim] for integer labels [B]."""
+  def condition(self, cond):
+    """Conditioning tokens [B, L, dim] from integer class labels cond [B] (L = num_cond_tokens)
+    or from prompt embeddings cond [B, L, cond_dim] (float; Wan's are umT5's, zero-padded to 512)."""
     cfg = self.cfg
-    tokens = self.label_embedding(label).reshape(label.shape[0], cfg.num_cond_tokens, cfg.cond_dim)
-    return self.text_embedding(tokens.astype(cfg.compute_dtype))
+    if jnp.issubdtype(cond.dtype, jnp.integer):
+      if not cfg.num_classes:
+        raise ValueError('This model has num_classes=0: condition it on prompt embeddings '
+                         f'[B, L, {cfg.cond_dim}] (floats), not on integer labels {cond.shape}.')
+      cond = self.label_embedding(cond).reshape(cond.shape[0], cfg.num_cond_tokens, cfg.cond_dim)
+    elif cond.ndim != 3 or cond.shape[-1] != cfg.cond_dim:
+      raise ValueError(f'Prompt embeddings must be [B, L, {cfg.cond_dim}] (model.cond_dim), '
+                       f'got {cond.shape}.')
+    return self.text_embedding(cond.astype(cfg.compute_dtype))
+
+  def cross_kv(self, cond) -> CrossKV:
+    """The cross-attention K/V of conditioning `cond` (labels or prompt embeddings) in every
+    layer, to pass as `cond` to many forwards of the same batch."""
+    context = cond if isinstance(cond, CrossKV) else self.condition(cond)
+    graphdef, state = nnx.split(self.blocks)
+    kv = lambda layer_state: nnx.merge(graphdef, layer_state).cross_attn.kv(context)
+    return CrossKV(*jax.lax.map(kv, state))
 
   def time_condition(self, t, frame_cond=None):
     """Per-frame (e [B, T, dim], e0 [B, T, 6, dim]) for noise levels t [B, T] in [0, 1]."""
@@ -231,7 +261,7 @@ class VideoDiT(nnx.Module):
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
   def run_blocks(self, x, e0, context, angles, mask, cache, keep=()):
-    """All blocks; returns (x, {name: [L, ...]}) with the internals named in `keep` (of
+    """All blocks (context: conditioning tokens [B, Lc, dim] or a CrossKV); returns (x, {name: [L, ...]}) with the internals named in `keep` (of
     COLLECTABLE) stacked over layers. Only those are kept, so the layer loop carries nothing it
     does not return.
 
@@ -239,28 +269,35 @@ class VideoDiT(nnx.Module):
     per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
     graphdef, state = nnx.split(self.blocks)
 
-    def layer(x, layer_state, index):
+    per_layer = (state, (context.k, context.v)) if isinstance(context, CrossKV) else state
+
+    def layer(x, layer_inputs, index):
+      layer_state, layer_context = layer_inputs if isinstance(context, CrossKV) else (
+          layer_inputs, context)
       block = nnx.merge(graphdef, layer_state)
-      x, internals = block(x, e0, context, angles, mask, cache, index, 'cache_mass' in keep)
+      x, internals = block(x, e0, layer_context, angles, mask, cache, index,
+                           'cache_mass' in keep)
       return x, {name: internals[name] for name in keep}
 
     if self.cfg.scan_layers:
-      return jax.lax.scan(lambda x, xs: layer(x, *xs), x, (state, jnp.arange(self.cfg.num_layers)))
+      return jax.lax.scan(lambda x, xs: layer(x, *xs), x,
+                          (per_layer, jnp.arange(self.cfg.num_layers)))
     outs = []
     for i in range(self.cfg.num_layers):
-      x, out = layer(x, jax.tree.map(lambda a: a[i], state), i)
+      x, out = layer(x, jax.tree.map(lambda a: a[i], per_layer), i)
       outs.append(out)
     return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
   # -- forward --------------------------------------------------------------------------------
 
-  def __call__(self, video, t, frame_index, label, frame_cond=None, *, mode='bidirectional',
+  def __call__(self, video, t, frame_index, cond, frame_cond=None, *, mode='bidirectional',
                chunk_frames=1, cache=None, collect=(), camera=None):
     """Predicts the flow velocity for `video` [B, T, H, W, C]; returns (velocity, aux).
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
     frame_index: [B, T] or [T] absolute frame indices (RoPE positions and chunk membership).
-    label: [B] int class labels (num_classes = unconditional).
+    cond: [B] int class labels (num_classes = unconditional), prompt embeddings
+      [B, L, cond_dim] (floats; all zeros = unconditional), or their `cross_kv`.
     frame_cond: [B, T, frame_cond_dim] per-frame conditioning (camera motion); ignored by a model
       with frame_cond_dim = 0.
     mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
@@ -285,7 +322,7 @@ class VideoDiT(nnx.Module):
     frame_index = jnp.broadcast_to(frame_index, (b, nt))
     x = self.patch_embedding(self.patchify(video.astype(cfg.compute_dtype)))  # [B, T, S, dim]
     e, e0 = self.time_condition(t, frame_cond)
-    context = self.condition(label)
+    context = cond if isinstance(cond, CrossKV) else self.condition(cond)
     if cfg.rope_positions == 'world' and camera is None:
       if frame_cond is None:
         raise ValueError("rope_positions='world' needs frame_cond (or camera) [B, T, 2].")

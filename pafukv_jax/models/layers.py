@@ -17,9 +17,11 @@ def dense(cfg, din, dout, axes, rngs, init=nnx.initializers.lecun_normal()):
 
 
 def layer_norm(cfg, dim, rngs, affine=False):
-  """Wan's LayerNorm: without scale and bias, except where `affine` (the cross-attention's)."""
+  """Wan's LayerNorm: without scale and bias, except where `affine` (the cross-attention's).
+  The variance is E[(x - mean)^2], as torch computes it: the fast E[x^2] - mean^2 erred by 4e-4
+  against Wan's at a per-token mean of 30, 4e-2 at 300."""
   return nnx.LayerNorm(dim, epsilon=cfg.eps, use_bias=affine, use_scale=affine,
-                       dtype=cfg.compute_dtype, rngs=rngs)
+                       use_fast_variance=False, dtype=cfg.compute_dtype, rngs=rngs)
 
 
 def gelu_tanh(x):

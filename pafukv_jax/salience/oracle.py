@@ -39,7 +39,7 @@ class OracleScores:
   def __call__(self, inputs: rollout.RolloutInputs, context=None):
     """Scores of the `full` rollout of these inputs (keys, labels, frame_cond)."""
     video = self.full.generate(inputs, context).videos
-    return self.of_video(video, inputs.label, inputs.frame_cond)
+    return self.of_video(video, inputs.cond, inputs.frame_cond)
 
   def of_video(self, video, label, frame_cond):
     """Scores from a `full` rollout already generated (a sweep has it)."""
