@@ -153,3 +153,13 @@ class _Evil:
 
   def __reduce__(self):
     return os.system, (f'touch {self.path}',)
+
+
+def test_the_wan1_3b_preset_has_diffusers_parameter_count():
+  from flax import nnx
+  cfg = DiTConfig(**wan_import.WAN_PRESETS['wan1.3b'])
+  assert cfg.tokens_per_frame == 1560
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: wan_import.VideoDiT(cfg, rngs=nnx.Rngs(0)))
+  count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert count == 1_418_996_800  # WanTransformer3DModel's, Wan2.1-T2V-1.3B config

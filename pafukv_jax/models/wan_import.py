@@ -35,6 +35,13 @@ FORMATS = ('diffusers', 'wan', 'self_forcing')
 WAN_HEAD_DIM = 128  # every Wan2.1 size (1.3B: 12 x 128, 14B: 40 x 128)
 TEXT_LEN = 512      # Wan pads umT5 prompt embeddings to this many tokens
 
+# Wan2.1-T2V-1.3B (and Self-Forcing, built on it) at 480x832 video: 60x104 latents of 16 channels
+# through the Wan VAE, 1560 tokens per latent frame; 1,418,996,800 parameters, as diffusers counts
+WAN_PRESETS = {'wan1.3b': dict(
+    image_size=(60, 104), channels=16, patch_size=2, dim=1536, ffn_dim=8960, num_heads=12,
+    num_layers=30, freq_dim=256, cond_dim=4096, num_cond_tokens=TEXT_LEN, num_classes=0,
+    frame_cond_dim=0, eps=1e-6)}
+
 # diffusers name pieces -> Wan2.1's, in this order (norm2 and norm3 trade places)
 _DIFFUSERS_TO_WAN = (
     ('condition_embedder.time_embedder.linear_1', 'time_embedding.0'),
