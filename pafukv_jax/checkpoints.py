@@ -32,7 +32,7 @@ def save_params(path: str, model) -> None:
   checkpointer.wait_until_finished()
 
 
-def _flat(tree):
+def flat_paths(tree):
   """{'a/b/0/mu/...': leaf}: the same path for dicts, lists, tuples and named tuples, so a
   checkpoint's metadata tree and a live pytree compare."""
   return {jax.tree_util.keystr(k, simple=True, separator='/'): v
@@ -42,7 +42,7 @@ def _flat(tree):
 def check_shapes(saved_tree, expected_tree, what: str, fields: str = 'model.*') -> None:
   """Raises a ValueError naming every array whose shape differs or that is missing on a side;
   `fields`: the config fields that set these shapes, named in the message."""
-  saved, expected = _flat(saved_tree), _flat(expected_tree)
+  saved, expected = flat_paths(saved_tree), flat_paths(expected_tree)
   problems = [f'{k}: missing in checkpoint' for k in expected if k not in saved]
   problems += [f'{k}: not in the model' for k in saved if k not in expected]
   problems += [f'{k}: checkpoint {tuple(saved[k].shape)} vs config {tuple(v.shape)}'

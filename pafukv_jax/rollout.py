@@ -34,7 +34,7 @@ class RolloutInputs:
   cond: jax.Array                        # [B] int32 labels, or [B, L, cond_dim] prompt embeddings
   frame_cond: jax.Array | None = None    # [B, num_frames, D] (ignored by a model without one)
   token_scores: jax.Array | None = None  # the oracle's: [B, T*S] or [L, B, T*S]
-  cross_kv: CrossKV | None = None        # cond's cross-attention K/V (Rollout.generate sets it)
+  cross_kv: CrossKV | None = None        # cond's cross-attention K/V (Rollout.encode sets it)
 
   @property
   def context(self):

@@ -105,6 +105,8 @@ def test_bad_sources_are_refused_before_anything_is_written(tmp_path, imported):
       str(src), str(out or tmp_path / 'out'), (8, 8), 2)
   with pytest.raises(FileExistsError):
     run(os.path.join(FIXTURES, 'diffusers'), imported['wan'])
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    run(tmp_path / 'no_such_dir')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(wan_import.NotAWanCheckpoint, match='no config.json'):
     run(tmp_path / 'empty')

@@ -33,7 +33,7 @@ def teacher_forced_step(static: rollout.Static, params, state: rollout.RolloutSt
   true = chunk_slice(video, n, f)
   level = jnp.full(true.shape[:2], t, jnp.float32)
   x_t = diffusion.add_noise(true, chunk_noise(inputs.keys, n, 0, true.shape[1:]), level)
-  v, aux = model(x_t, level, frames, inputs.cond, fc, mode='cached',
+  v, aux = model(x_t, level, frames, inputs.context, fc, mode='cached',
                  cache=state.cache.read(cfg.cache_block_size),
                  collect=policy.collect(spec, False), camera=camera)
   masses = [aux['cache_mass']] if 'cache_mass' in aux else []  # h2o: what this pass attended

@@ -245,7 +245,9 @@ class VideoDiT(nnx.Module):
   def cross_kv(self, cond) -> CrossKV:
     """The cross-attention K/V of conditioning `cond` (labels or prompt embeddings) in every
     layer, to pass as `cond` to many forwards of the same batch."""
-    context = cond if isinstance(cond, CrossKV) else self.condition(cond)
+    if isinstance(cond, CrossKV):
+      return cond
+    context = self.condition(cond)
     graphdef, state = nnx.split(self.blocks)
     kv = lambda layer_state: nnx.merge(graphdef, layer_state).cross_attn.kv(context)
     return CrossKV(*jax.lax.map(kv, state))
@@ -261,8 +263,8 @@ class VideoDiT(nnx.Module):
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
   def run_blocks(self, x, e0, context, angles, mask, cache, keep=()):
-    """All blocks (context: conditioning tokens [B, Lc, dim] or a CrossKV); returns (x, {name: [L, ...]}) with the internals named in `keep` (of
-    COLLECTABLE) stacked over layers. Only those are kept, so the layer loop carries nothing it
+    """All blocks (context: conditioning tokens [B, Lc, dim] or a CrossKV); returns
+    (x, {name: [L, ...]}) with the internals named in `keep` (of COLLECTABLE) stacked over layers. Only those are kept, so the layer loop carries nothing it
     does not return.
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing

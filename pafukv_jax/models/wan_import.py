@@ -31,7 +31,6 @@ from pafukv_jax import checkpoints
 from pafukv_jax.models import weight_files
 from pafukv_jax.models.dit import DiTConfig, VideoDiT
 
-FORMATS = ('diffusers', 'wan', 'self_forcing')
 WAN_HEAD_DIM = 128  # every Wan2.1 size (1.3B: 12 x 128, 14B: 40 x 128)
 TEXT_LEN = 512      # Wan pads umT5 prompt embeddings to this many tokens
 
@@ -75,6 +74,8 @@ class NotAWanCheckpoint(ValueError):
 
 def detect_format(src: str) -> str:
   """'diffusers', 'wan' or 'self_forcing' for a source path (see the module docstring)."""
+  if not os.path.exists(src):
+    raise FileNotFoundError(f'--src {src} does not exist.')
   if os.path.isfile(src):
     if src.endswith(('.pt', '.pth', '.ckpt')):
       return 'self_forcing'
@@ -194,7 +195,7 @@ def to_params(weights: dict, cfg: DiTConfig) -> dict:
   NotAWanCheckpoint naming every unknown, missing or misshapen weight."""
   with nnx.use_eager_sharding(False):
     abstract = nnx.eval_shape(lambda: VideoDiT(cfg, rngs=nnx.Rngs(0)))
-  expected = checkpoints._flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+  expected = checkpoints.flat_paths(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
   flat, problems, misshapen = {}, [], set()
   for name in sorted(weights):
     target = _target(name)
