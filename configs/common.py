@@ -19,8 +19,11 @@ def model_config(size: str = 'base') -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       image_size=image_size, channels=3, patch_size=patch, dim=dim, ffn_dim=ffn,
       num_heads=heads, num_layers=layers, freq_dim=256, cond_dim=cond, num_cond_tokens=4,
-      num_classes=10, frame_cond_dim=0, frame_cond_scale=1.0, eps=1e-6, rope_theta=10000.0, rope_positions='grid',
-      dtype='float32', scan_layers=True))
+      num_classes=10, frame_cond_dim=0, frame_cond_scale=1.0, eps=1e-6, rope_theta=10000.0,
+      rope_positions='grid',
+      # how to run it (models/attention.py), not what it computes
+      dtype='float32', scan_layers=True, attention_impl='blockwise', cache_block_size=512,
+      attention_query_chunk=1024))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,8 +54,8 @@ def check_shapes(saved_tree, expected_tree, what: str, fields: str = 'model.*') 
 
 
 # DiTConfig fields that change what the weights compute without changing their shapes (or that
-# the shape check alone would report less clearly); attention_impl, dtype, scan_layers and
-# cache_block_size are how to run the model and may differ from the run that trained it.
+# the shape check alone would report less clearly); attention_impl, dtype, scan_layers,
+# cache_block_size and attention_query_chunk are how to run the model and may differ from the run that trained it.
 MODEL_FIELDS = ('image_size', 'channels', 'patch_size', 'dim', 'ffn_dim', 'num_heads',
                 'num_layers', 'freq_dim', 'cond_dim', 'num_cond_tokens', 'num_classes',
                 'frame_cond_dim', 'frame_cond_scale', 'eps', 'rope_theta', 'rope_positions')

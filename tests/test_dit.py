@@ -6,7 +6,7 @@ import pytest
 from configs import common
 from pafukv_jax.cache import kv_cache
 from pafukv_jax.models.dit import DiTConfig
-from tests.helpers import tiny_model
+from tests.helpers import tiny_model, tiny_model_config
 
 
 def _inputs(cfg, b=2, t=6, seed=0):
@@ -155,3 +155,14 @@ def test_world_positions_with_a_still_camera_are_the_grid_model():
                                 - grid(video, times, frames, label, moving)[0]))) > 1e-3
   with pytest.raises(ValueError, match='frame_cond_dim >= 2'):
     tiny_model(rope_positions='world')
+
+
+@pytest.mark.parametrize('mode', ['bidirectional', 'block_causal'])
+def test_query_chunked_forward_equals_all_queries_at_once(mode):
+  """model.attention_query_chunk changes memory, not the result (self- and cross-attention)."""
+  video, times, frames, label = _inputs(tiny_model_config())
+  want, _ = tiny_model(attention_query_chunk=0)(video, times, frames, label, mode=mode,
+                                                 chunk_frames=2)
+  got, _ = tiny_model(attention_query_chunk=5)(video, times, frames, label, mode=mode,
+                                                chunk_frames=2)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

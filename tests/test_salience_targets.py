@@ -39,13 +39,18 @@ def test_hand_built_attention():
   np.testing.assert_allclose(got, [want_earlier, want_same, want_later], atol=1e-7)
 
 
-@pytest.mark.parametrize('block', [1, 3, 4, 12])
-def test_blockwise_equals_the_full_matrix(block):
+@pytest.mark.parametrize('block,query_chunk', [(1, 1024), (3, 1024), (4, 1024), (12, 1024),
+                                               (12, 5), (12, 1), (4, 3)])
+def test_blockwise_equals_the_full_matrix(block, query_chunk):
+  """Whole chunks of queries at a time, and parts of chunks (query_chunk < block)."""
   rng = np.random.default_rng(block)
   q, k = (jnp.asarray(rng.normal(size=(2, 3, 12, 8)), jnp.float32) for _ in range(2))
   probs = jax.nn.softmax(jnp.einsum('bhqd,bhkd->bhqk', q, k) / math.sqrt(8), axis=-1)
-  np.testing.assert_allclose(region_salience(q, k, block), region_salience_from_probs(probs, block),
-                             atol=1e-6)
+  np.testing.assert_allclose(region_salience(q, k, block, query_chunk),
+                             region_salience_from_probs(probs, block), atol=1e-6)
+  if query_chunk < block:  # the received mass too, against the whole chunks
+    np.testing.assert_allclose(salience_targets.attention_received(q, k, block, query_chunk),
+                               salience_targets.attention_received(q, k, block, 0), atol=1e-6)
 
 
 def test_targets_normalise_then_mix():

@@ -10,7 +10,9 @@ merged with their softmax statistics (online softmax). With `attention_impl='blo
 is read in blocks of slots, only up to the last filled block, in a loop with a traced trip count:
 the cost follows the filled length and the step still compiles once. 'masked' reads every slot
 (the preallocated baseline); 'xla' / 'cudnn' use `jax.nn.dot_product_attention` over the
-concatenated, masked cache (cuDNN's fused kernel on GPU).
+concatenated, masked cache (cuDNN's fused kernel on GPU). Without a cache, 'blockwise' and
+'masked' compute the logits of `attention_query_chunk` queries at a time, so a teacher pass over a
+whole clip never holds an [N, N] matrix.
 """
 
 import math
@@ -65,13 +67,37 @@ def _normalise(partial):
   return out / total[..., None]
 
 
-def attention(q, k, v, mask=None, impl='blockwise'):
+def attention(q, k, v, mask=None, impl='blockwise', query_chunk=0):
   """Softmax attention of q [B, H, Nq, D] over (k, v) [B, H, Nk, D] with an optional boolean
-  visibility mask broadcastable to [B, H, Nq, Nk]; returns [B, H, Nq, D]."""
+  visibility mask broadcastable to [B, H, Nq, Nk]; returns [B, H, Nq, D].
+
+  query_chunk > 0 (with 'blockwise' / 'masked'): logits for at most that many queries at a time,
+  so memory grows with query_chunk x Nk, never Nq x Nk (a whole 1.3B-model clip, 32,760 tokens,
+  would need 51 GB of logits per layer). 'cudnn' is a fused kernel and never builds them."""
   if impl in ('xla', 'cudnn'):  # these take [B, N, H, D]
     t = lambda x: jnp.swapaxes(x, 1, 2)
     return t(jax.nn.dot_product_attention(t(q), t(k), t(v), mask=mask, implementation=impl))
+  if query_chunk and q.shape[2] > query_chunk:
+    return _query_chunked(q, k, v, mask, query_chunk)
   return _normalise(_partial_attention(q, k, v, mask)).astype(q.dtype)
+
+
+def _query_chunked(q, k, v, mask, chunk):
+  """`attention` one chunk of queries at a time (lax.map). Each chunk is rematerialised in the
+  backward pass, so training keeps no chunk's probabilities either. Queries are padded to whole
+  chunks; the padded rows are dropped."""
+  b, h, nq, d = q.shape
+  n = -(-nq // chunk)
+  pad = n * chunk - nq
+  to_chunks = lambda x: jnp.moveaxis(x.reshape(*x.shape[:2], n, chunk, *x.shape[3:]), 2, 0)
+  rows = to_chunks(jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0))))
+  one = jax.checkpoint(lambda qc, mc: _normalise(_partial_attention(qc, k, v, mc)))
+  if mask is not None and mask.ndim == 4 and mask.shape[2] > 1:  # a mask row per query
+    mask = to_chunks(jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True))
+    out = jax.lax.map(lambda x: one(*x), (rows, mask))  # [n, B, H, chunk, D]
+  else:  # the same visibility for every query
+    out = jax.lax.map(lambda qc: one(qc, mask), rows)
+  return jnp.moveaxis(out, 0, 2).reshape(b, h, n * chunk, d)[:, :, :nq].astype(q.dtype)
 
 
 # -- attention over the cache -----------------------------------------------------------------
@@ -159,6 +185,7 @@ class _Attention(nnx.Module):
     dim = cfg.dim
     self.num_heads = cfg.num_heads
     self.impl = cfg.attention_impl
+    self.query_chunk = cfg.attention_query_chunk
     self.q = dense(cfg, dim, dim, ('embed', 'heads'), rngs)
     self.k = dense(cfg, dim, dim, ('embed', 'heads'), rngs)
     self.v = dense(cfg, dim, dim, ('embed', 'heads'), rngs)
@@ -195,7 +222,7 @@ class SelfAttention(_Attention):
     q, k, v = self.qkv(x, angles)
     internals = dict(q=q, k=k, v=v)
     if cache is None:
-      out = attention(q, k, v, mask, self.impl)
+      out = attention(q, k, v, mask, self.impl, self.query_chunk)
     else:
       out, mass = cached_attention(q, k, v, cache, layer, self.impl, with_mass)
       if with_mass:
@@ -215,4 +242,4 @@ class CrossAttention(_Attention):
     """context: conditioning tokens [B, Lc, dim], or their precomputed (k, v) from `kv`."""
     k, v = context if isinstance(context, tuple) else self.kv(context)
     q = self._heads(self.norm_q(self.q(x)))
-    return self._out(attention(q, k, v, impl=self.impl))
+    return self._out(attention(q, k, v, impl=self.impl, query_chunk=self.query_chunk))

@@ -63,6 +63,9 @@ class DiTConfig:
   scan_layers: bool = True
   attention_impl: str = 'blockwise'  # blockwise | masked | xla | cudnn (see models/attention.py)
   cache_block_size: int = 512        # slots per block of the blockwise cache attention
+  # self- and cross-attention without a cache build logits for at most this many queries at a
+  # time (0: all at once); the result is the same, the memory query_chunk x keys, not N x N
+  attention_query_chunk: int = 1024
 
   @classmethod
   def from_config(cls, config) -> 'DiTConfig':
@@ -99,6 +102,9 @@ class DiTConfig:
     if self.rope_positions == 'world' and self.frame_cond_dim < 2:
       raise ValueError("model.rope_positions='world' reads the camera motion (dx, dy) from "
                        f'frame_cond: it needs model.frame_cond_dim >= 2, got {self.frame_cond_dim}.')
+    if self.attention_query_chunk < 0:
+      raise ValueError('model.attention_query_chunk must be >= 0 (0: all queries at once), '
+                       f'got {self.attention_query_chunk}.')
     if self.cache_block_size < 1:
       raise ValueError(f'model.cache_block_size must be >= 1, got {self.cache_block_size}.')
     if self.dtype not in ('float32', 'bfloat16', 'float16'):

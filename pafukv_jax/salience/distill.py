@@ -73,7 +73,8 @@ def make_targets_fn(dc: DistillConfig, teacher_graphdef, student_graphdef):
     s = student.cfg.tokens_per_frame
     _, aux = student(video, jnp.zeros((b, t)), jnp.arange(t), label, cond, mode='block_causal',
                      chunk_frames=f, collect=('q', 'k', 'hidden'))
-    received = jax.vmap(lambda q, k: targets.attention_received(q, k, f * s))(aux['q'], aux['k'])
+    received = jax.vmap(lambda q, k: targets.attention_received(
+        q, k, f * s, student.cfg.attention_query_chunk))(aux['q'], aux['k'])
     if dc.source == 'student':
       target = targets.student_targets(received, f * s, dc.normalize, dc.per_layer)
     else:

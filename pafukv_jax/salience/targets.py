@@ -8,7 +8,8 @@ An empty region (no earlier chunk for the first, no later chunk for the last) sc
 Self-attention favours its own chunk, so the target normalises each region over the clip's tokens
 and mixes them with config weights, the diagonal down-weighted by default.
 
-The attention is computed blockwise over query chunks: memory grows with N x chunk, never N x N.
+The attention is computed over at most `query_chunk` queries at a time (a part of one chunk):
+memory grows with N x query_chunk, never N x N.
 """
 
 import math
@@ -22,23 +23,34 @@ REGIONS = ('earlier', 'same', 'later')  # query chunk before / equal to / after 
 NORMALIZATIONS = ('max', 'sum', 'none')
 
 
-def _over_query_chunks(q, k, block_tokens: int, update, init):
-  """fori_loop over query chunks of q, k [B, H, N, D]: acc = update(chunk, scaled logits
-  [B, H, block, N], key chunk ids [N], acc). Memory: one chunk's logits, never N x N."""
+def _rows_per_step(block_tokens: int, query_chunk: int) -> int:
+  """The largest divisor of block_tokens that is at most query_chunk (all of it for 0), so
+  every step's queries lie in one chunk."""
+  if not query_chunk or query_chunk >= block_tokens:
+    return block_tokens
+  return max(r for r in range(1, query_chunk + 1) if block_tokens % r == 0)
+
+
+def _over_query_chunks(q, k, block_tokens: int, update, init, query_chunk: int = 1024):
+  """fori_loop over the queries of q, k [B, H, N, D], a part of one chunk at a time:
+  acc = update(chunk, scaled logits [B, H, rows, N], key chunk ids [N], acc). Memory: the
+  logits of `rows` <= query_chunk queries, never N x N (nor chunk x N: a 1.3B-model chunk is
+  4,680 tokens, 7 GB of logits against a whole clip)."""
   n, d = q.shape[2], q.shape[3]
   if n % block_tokens:
     raise ValueError(f'{n} tokens are not a whole number of chunks of {block_tokens} tokens.')
   key_block = jnp.arange(n) // block_tokens
+  rows = _rows_per_step(block_tokens, query_chunk)
 
-  def body(qb, acc):
-    rows = jax.lax.dynamic_slice_in_dim(q, qb * block_tokens, block_tokens, axis=2)
-    logits = jnp.einsum('bhqd,bhkd->bhqk', rows, k, preferred_element_type=jnp.float32)
-    return update(qb, logits / math.sqrt(d), key_block, acc)
+  def body(step, acc):
+    queries = jax.lax.dynamic_slice_in_dim(q, step * rows, rows, axis=2)
+    logits = jnp.einsum('bhqd,bhkd->bhqk', queries, k, preferred_element_type=jnp.float32)
+    return update(step * rows // block_tokens, logits / math.sqrt(d), key_block, acc)
 
-  return jax.lax.fori_loop(0, n // block_tokens, body, init)
+  return jax.lax.fori_loop(0, n // rows, body, init)
 
 
-def region_salience(q, k, block_tokens: int):
+def region_salience(q, k, block_tokens: int, query_chunk: int = 1024):
   """The same from queries and keys q, k [B, H, N, D] of one layer, one query chunk at a time."""
   b, h, n, _ = q.shape
 
@@ -48,11 +60,12 @@ def region_salience(q, k, block_tokens: int):
     hit = region[None, None, None, :] == jnp.arange(3)[:, None, None, None]
     return jnp.where(hit, jnp.maximum(maxes, col_max[None]), maxes)
 
-  maxes = _over_query_chunks(q, k, block_tokens, update, jnp.zeros((3, b, h, n), jnp.float32))
+  maxes = _over_query_chunks(q, k, block_tokens, update, jnp.zeros((3, b, h, n), jnp.float32),
+                             query_chunk)
   return maxes.mean(axis=2)
 
 
-def attention_received(q, k, block_tokens: int):
+def attention_received(q, k, block_tokens: int, query_chunk: int = 1024):
   """Attention mass [B, N] each key token receives under block-causal attention: the sum over
   the queries that may see it (its own chunk and later ones), mean over heads. What `h2o` would
   have accumulated for it by the end of the clip with an unbounded cache (clean pass only)."""
@@ -62,7 +75,8 @@ def attention_received(q, k, block_tokens: int):
     logits = jnp.where(key_block <= qb, logits, -jnp.inf)
     return total + jnp.sum(jax.nn.softmax(logits, axis=-1), axis=2)
 
-  total = _over_query_chunks(q, k, block_tokens, update, jnp.zeros((b, h, n), jnp.float32))
+  total = _over_query_chunks(q, k, block_tokens, update, jnp.zeros((b, h, n), jnp.float32),
+                             query_chunk)
   return total.mean(axis=1)
 
 
@@ -112,4 +126,5 @@ def teacher_regions(model, video, label, frame_cond=None, *, block_tokens: int,
     video = diffusion.add_noise(video, jax.random.normal(key, video.shape), level)
   _, aux = model(video, level, jnp.arange(t), label, frame_cond, mode='bidirectional',
                  collect=('q', 'k'))
-  return jax.vmap(lambda q, k: region_salience(q, k, block_tokens))(aux['q'], aux['k'])
+  return jax.vmap(lambda q, k: region_salience(
+      q, k, block_tokens, model.cfg.attention_query_chunk))(aux['q'], aux['k'])
