@@ -166,3 +166,18 @@ def test_query_chunked_forward_equals_all_queries_at_once(mode):
   got, _ = tiny_model(attention_query_chunk=5)(video, times, frames, label, mode=mode,
                                                 chunk_frames=2)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_reduce_inside_the_layer_loop_equals_reducing_the_collected():
+  model = tiny_model()
+  video, times, frames, label = _inputs(model.cfg)
+  summary = lambda i: dict(qk=jnp.einsum('bhnd,bhnd->bn', i['q'], i['k']), k_max=i['k'].max())
+  for scan in (True, False):
+    model.cfg = tiny_model_config(scan_layers=scan)
+    out, aux = model(video, times, frames, label, collect=('q', 'k'))
+    got_out, got = model(video, times, frames, label, collect=('q', 'k'), reduce=summary)
+    np.testing.assert_array_equal(got_out, out)
+    want = jax.vmap(lambda q, k: summary(dict(q=q, k=k)))(aux['q'], aux['k'])
+    assert set(got) == {'qk', 'k_max'} and got['qk'].shape == (model.cfg.num_layers, 2, 96)
+    for name in want:
+      np.testing.assert_allclose(got[name], want[name], rtol=1e-6)

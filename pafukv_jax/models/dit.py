@@ -12,7 +12,6 @@ Layers are stacked (leading axis 'layers') and run with `lax.scan`, or unrolled 
 `scan_layers=False`; the parameter layout is the same either way.
 """
 
-import dataclasses
 import math
 
 import einops
@@ -20,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from pafukv_jax.models.attention import (ATTENTION_IMPLS, CrossAttention, SelfAttention,
-                                         block_causal_mask)
+from pafukv_jax.models.attention import CrossAttention, SelfAttention, block_causal_mask
+from pafukv_jax.models.config import DiTConfig  # noqa: F401  (models.dit.DiTConfig too)
 from pafukv_jax.models.layers import MLP, dense, gelu_tanh, layer_norm
-from pafukv_jax.models.rope import ROPE_POSITIONS, camera_path, rope_angles, token_positions
+from pafukv_jax.models.rope import camera_path, rope_angles, token_positions
 
 ATTENTION_MODES = ('bidirectional', 'block_causal', 'cached')
 # What a forward can also return in its `aux` dict (each stacked over layers):
@@ -33,98 +32,6 @@ ATTENTION_MODES = ('bidirectional', 'block_causal', 'cached')
 #                          over the cache);
 #   hidden [L, B, N, dim]  every block's output per token (the salience head's features).
 COLLECTABLE = ('q', 'k', 'v', 'cache_mass', 'hidden')
-
-
-@dataclasses.dataclass(frozen=True)
-class DiTConfig:
-  """Static model description; `DiTConfig.from_config(config.model)` validates a config."""
-  image_size: tuple[int, int] = (32, 32)
-  channels: int = 3
-  patch_size: int = 4
-  dim: int = 128
-  ffn_dim: int = 512
-  num_heads: int = 4
-  num_layers: int = 4
-  freq_dim: int = 256
-  cond_dim: int = 64
-  num_cond_tokens: int = 4
-  num_classes: int = 10      # 0: no label table; the model takes prompt embeddings only
-  frame_cond_dim: int = 0
-  # frame_cond is multiplied by this before its (linear) embedding, which is added to the time
-  # embedding: values far above 1 (camera motion in pixels) drown the noise level there
-  frame_cond_scale: float = 1.0
-  eps: float = 1e-6
-  rope_theta: float = 10000.0
-  # 'grid': RoPE's (row, col) is the patch's place in the frame; 'world': its place in the scene,
-  # the patch plus the camera's displacement since frame 0 (frame_cond's first two fields, dx and
-  # dy in pixels), so revisited content sits at the position it had when first seen
-  rope_positions: str = 'grid'
-  dtype: str = 'float32'
-  scan_layers: bool = True
-  attention_impl: str = 'blockwise'  # blockwise | masked | xla | cudnn (see models/attention.py)
-  cache_block_size: int = 512        # slots per block of the blockwise cache attention
-  # self- and cross-attention without a cache build logits for at most this many queries at a
-  # time (0: all at once); the result is the same, the memory query_chunk x keys, not N x N
-  attention_query_chunk: int = 1024
-
-  @classmethod
-  def from_config(cls, config) -> 'DiTConfig':
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = dict(config)
-    unknown = sorted(set(values) - fields)
-    if unknown:
-      raise ValueError(f'Unknown model fields {unknown}; known fields: {sorted(fields)}.')
-    if 'image_size' in values:
-      values['image_size'] = tuple(values['image_size'])
-    cfg = cls(**values)
-    cfg.validate()
-    return cfg
-
-  def validate(self):
-    h, w = self.image_size
-    if h % self.patch_size or w % self.patch_size:
-      raise ValueError(
-          f'model.image_size {self.image_size} is not divisible by model.patch_size '
-          f'{self.patch_size}: choose a patch size that divides both sides, or resize the frames.')
-    if self.num_classes < 0 or self.num_cond_tokens < 1:
-      raise ValueError(f'model.num_classes must be >= 0 (0: prompt embeddings only) and '
-                       f'model.num_cond_tokens >= 1, got {self.num_classes}, {self.num_cond_tokens}.')
-    if self.dim % self.num_heads:
-      raise ValueError(f'model.dim {self.dim} is not divisible by model.num_heads {self.num_heads}.')
-    if self.head_dim % 2 or self.head_dim < 6:
-      raise ValueError(f'head dim {self.head_dim} must be even and >= 6 for 3D RoPE.')
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f'model.attention_impl must be one of {ATTENTION_IMPLS}, '
-                       f'got {self.attention_impl!r}.')
-    if self.rope_positions not in ROPE_POSITIONS:
-      raise ValueError(f'model.rope_positions must be one of {ROPE_POSITIONS}, '
-                       f'got {self.rope_positions!r}.')
-    if self.rope_positions == 'world' and self.frame_cond_dim < 2:
-      raise ValueError("model.rope_positions='world' reads the camera motion (dx, dy) from "
-                       f'frame_cond: it needs model.frame_cond_dim >= 2, got {self.frame_cond_dim}.')
-    if self.attention_query_chunk < 0:
-      raise ValueError('model.attention_query_chunk must be >= 0 (0: all queries at once), '
-                       f'got {self.attention_query_chunk}.')
-    if self.cache_block_size < 1:
-      raise ValueError(f'model.cache_block_size must be >= 1, got {self.cache_block_size}.')
-    if self.dtype not in ('float32', 'bfloat16', 'float16'):
-      raise ValueError(f"model.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}.")
-
-  @property
-  def grid(self) -> tuple[int, int]:
-    return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
-
-  @property
-  def tokens_per_frame(self) -> int:
-    return self.grid[0] * self.grid[1]
-
-  @property
-  def head_dim(self) -> int:
-    return self.dim // self.num_heads
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
 
 
 @struct.dataclass
@@ -268,10 +175,11 @@ class VideoDiT(nnx.Module):
     e0 = self.time_projection(jax.nn.silu(e))
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
-  def run_blocks(self, x, e0, context, angles, mask, cache, keep=()):
+  def run_blocks(self, x, e0, context, angles, mask, cache, keep=(), reduce=None):
     """All blocks (context: conditioning tokens [B, Lc, dim] or a CrossKV); returns
-    (x, {name: [L, ...]}) with the internals named in `keep` (of COLLECTABLE) stacked over layers. Only those are kept, so the layer loop carries nothing it
-    does not return.
+    (x, {name: [L, ...]}) with the internals named in `keep` (of COLLECTABLE) stacked over
+    layers, or what `reduce` makes of each layer's {name: internal}. Only those are kept, so the
+    layer loop carries nothing it does not return.
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing
     per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
@@ -285,7 +193,8 @@ class VideoDiT(nnx.Module):
       block = nnx.merge(graphdef, layer_state)
       x, internals = block(x, e0, layer_context, angles, mask, cache, index,
                            'cache_mass' in keep)
-      return x, {name: internals[name] for name in keep}
+      kept = {name: internals[name] for name in keep}
+      return x, (reduce(kept) if reduce else kept)
 
     if self.cfg.scan_layers:
       return jax.lax.scan(lambda x, xs: layer(x, *xs), x,
@@ -299,7 +208,7 @@ class VideoDiT(nnx.Module):
   # -- forward --------------------------------------------------------------------------------
 
   def __call__(self, video, t, frame_index, cond, frame_cond=None, *, mode='bidirectional',
-               chunk_frames=1, cache=None, collect=(), camera=None):
+               chunk_frames=1, cache=None, collect=(), reduce=None, camera=None):
     """Predicts the flow velocity for `video` [B, T, H, W, C]; returns (velocity, aux).
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
@@ -311,6 +220,9 @@ class VideoDiT(nnx.Module):
     mode: 'bidirectional' | 'block_causal' (chunks of `chunk_frames` frames) | 'cached'.
     cache: for 'cached', the `KVCache.read()` every block attends to.
     collect: names of COLLECTABLE internals to return in `aux` (only those are kept).
+    reduce: a function of one layer's collected {name: array} to a dict of smaller arrays,
+      computed inside the layer loop: aux then holds those, stacked over layers, and no layer's
+      q, k, ... outlive it (the salience targets of a 1.3B teacher: 6 GB of q and k less).
     camera: with rope_positions='world', the camera's position [B, T, 2] at these frames
       (rope.camera_path of the whole video, sliced); default: the path of frame_cond, which is
       right when these frames are a whole video from frame 0.
@@ -341,7 +253,8 @@ class VideoDiT(nnx.Module):
     mask = None
     if mode == 'block_causal':
       mask = block_causal_mask(positions[..., 0].astype(jnp.int32), chunk_frames)
-    x, aux = self.run_blocks(x, e0, context, angles, mask, cache, tuple(sorted(set(collect))))
+    x, aux = self.run_blocks(x, e0, context, angles, mask, cache, tuple(sorted(set(collect))),
+                             reduce)
     velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
     return velocity, aux
 

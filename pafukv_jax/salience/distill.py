@@ -71,10 +71,12 @@ def make_targets_fn(dc: DistillConfig, teacher_graphdef, student_graphdef):
     cond = batch.get('frame_cond')
     b, t = video.shape[:2]
     s = student.cfg.tokens_per_frame
+    # inside the layer loop, so that no layer's q and k outlive it
+    per_layer = lambda i: dict(hidden=i['hidden'], received=targets.attention_received(
+        i['q'], i['k'], f * s, student.cfg.attention_query_chunk))
     _, aux = student(video, jnp.zeros((b, t)), jnp.arange(t), label, cond, mode='block_causal',
-                     chunk_frames=f, collect=('q', 'k', 'hidden'))
-    received = jax.vmap(lambda q, k: targets.attention_received(
-        q, k, f * s, student.cfg.attention_query_chunk))(aux['q'], aux['k'])
+                     chunk_frames=f, collect=('q', 'k', 'hidden'), reduce=per_layer)
+    received = aux['received']
     if dc.source == 'student':
       target = targets.student_targets(received, f * s, dc.normalize, dc.per_layer)
     else:

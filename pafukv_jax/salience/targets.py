@@ -124,7 +124,9 @@ def teacher_regions(model, video, label, frame_cond=None, *, block_tokens: int,
   level = jnp.full((b, t), noise_level, jnp.float32)
   if noise_level:
     video = diffusion.add_noise(video, jax.random.normal(key, video.shape), level)
+  # inside the layer loop, so that no layer's q and k outlive it
+  regions = lambda i: dict(regions=region_salience(i['q'], i['k'], block_tokens,
+                                                   model.cfg.attention_query_chunk))
   _, aux = model(video, level, jnp.arange(t), label, frame_cond, mode='bidirectional',
-                 collect=('q', 'k'))
-  return jax.vmap(lambda q, k: region_salience(
-      q, k, block_tokens, model.cfg.attention_query_chunk))(aux['q'], aux['k'])
+                 collect=('q', 'k'), reduce=regions)
+  return aux['regions']
