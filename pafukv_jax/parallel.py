@@ -71,3 +71,15 @@ def param_shardings(state: nnx.State, mesh, rules=DEFAULT_RULES):
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def constrain_batch(x):
+  """x split over the batch axes (its leading dimension), where a mesh with them is in context
+  (`jax.set_mesh`); elsewhere x as it is. Without it XLA may shard activations by FSDP's
+  'embed' and gather the batch instead: every device then holds every sample's activations
+  (measured for the 1.3B teacher pass on 64 devices: 211 GiB per device, against 7.8)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+

@@ -37,7 +37,8 @@ def _one_step(cfg, mesh):
   batch = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES).batch(0)
   step_fn = steps.make_train_step(graphdef, steps.stage_loss(cfg), tx, cfg.optimizer.ema_decay)
   step = jax.jit(step_fn, out_shardings=(shardings, None))
-  state, metrics = step(state, batch, jax.random.key(cfg.seed))
+  with jax.set_mesh(mesh):  # as the loop runs it: activations constrained to the batch axes
+    state, metrics = step(state, batch, jax.random.key(cfg.seed))
   return jax.device_get(state['params']), float(metrics['loss']), state
 
 

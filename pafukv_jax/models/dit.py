@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from pafukv_jax import parallel
 from pafukv_jax.models.attention import CrossAttention, SelfAttention, block_causal_mask
 from pafukv_jax.models.config import DiTConfig  # noqa: F401  (models.dit.DiTConfig too)
 from pafukv_jax.models.layers import MLP, dense, gelu_tanh, layer_norm
@@ -193,6 +194,7 @@ class VideoDiT(nnx.Module):
       block = nnx.merge(graphdef, layer_state)
       x, internals = block(x, e0, layer_context, angles, mask, cache, index,
                            'cache_mass' in keep)
+      x = parallel.constrain_batch(x)
       kept = {name: internals[name] for name in keep}
       return x, (reduce(kept) if reduce else kept)
 
@@ -240,7 +242,8 @@ class VideoDiT(nnx.Module):
     cfg = self.cfg
     b, nt = video.shape[:2]
     frame_index = jnp.broadcast_to(frame_index, (b, nt))
-    x = self.patch_embedding(self.patchify(video.astype(cfg.compute_dtype)))  # [B, T, S, dim]
+    x = parallel.constrain_batch(  # [B, T, S, dim]
+        self.patch_embedding(self.patchify(video.astype(cfg.compute_dtype))))
     e, e0 = self.time_condition(t, frame_cond)
     context = cond if isinstance(cond, CrossKV) else self.condition(cond)
     if cfg.rope_positions == 'world' and camera is None:

@@ -210,7 +210,8 @@ def train(cfg, workdir: str) -> dict:
   t_log, n_log = time.perf_counter(), 0
   try:
     for step, batch in zip(range(start, end), pipeline.iterate(start)):
-      state, metrics = train_step(state, batch, key, frozen)
+      with jax.set_mesh(mesh):  # the model keeps activations split over the batch axes
+        state, metrics = train_step(state, batch, key, frozen)
       done, n_log = step + 1, n_log + 1
       bar.update(1)
       stopping = stop.requested  # read once: a SIGTERM after this is handled at the next step
@@ -233,7 +234,8 @@ def train(cfg, workdir: str) -> dict:
         ckpt.save(done, state, dict(step=done))
       if targets_fn is not None and (done % cfg.eval_every == 0 or done == end):
         jax.block_until_ready(state)  # one multi-device program at a time (CPU collectives)
-        eval_metrics = distill.evaluate(cfg, graphdef, state['params'], frozen, targets_fn, mesh)
+        with jax.set_mesh(mesh):
+          eval_metrics = distill.evaluate(cfg, graphdef, state['params'], frozen, targets_fn, mesh)
         writer.write(done, eval_metrics)
         last.update(eval_metrics)
       if cfg.sample_every and done % cfg.sample_every == 0 and targets_fn is None:
