@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pafukv_jax import generation
+from pafukv_jax import checkpoints, generation
 
 config_flags.DEFINE_config_file('config', 'configs/generate.py', 'Generation config file.')
 flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
@@ -24,8 +24,16 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
+  cfg = FLAGS.config
   try:
-    metrics = generation.generate(FLAGS.config, FLAGS.workdir, FLAGS.overwrite)
+    # the student's own config.json gives the model (a field set on the command line stays, and
+    # is refused if the weights were trained with another value)
+    adopted = checkpoints.adopt_model_fields(
+        cfg, cfg.checkpoint, config_flags.get_override_values(FLAGS['config']))
+    if adopted:
+      print(f'generate.py: model fields from {cfg.checkpoint}/config.json: {", ".join(adopted)}',
+            file=sys.stderr)
+    metrics = generation.generate(cfg, FLAGS.workdir, FLAGS.overwrite)
   except (ValueError, FileExistsError, FileNotFoundError) as e:  # bad input: say what, not where
     sys.exit(f'generate.py: error: {e}')
   spf = metrics['seconds_per_frame']

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pafukv_jax import checkpoints
 from pafukv_jax.training import loop
 
 config_flags.DEFINE_config_file('config', None, 'Stage config file.', lock_config=True)
@@ -29,8 +30,17 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/teacher.py:tiny')
   if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  cfg = FLAGS.config
   try:
-    last = loop.train(FLAGS.config, FLAGS.workdir)
+    # the checkpoint this stage starts from gives the model (the teacher a student starts from,
+    # the student a head reads); a field set on the command line stays, and is checked
+    source = loop.model_source(cfg)
+    adopted = checkpoints.adopt_model_fields(
+        cfg, source, config_flags.get_override_values(FLAGS['config']))
+    if adopted:
+      print(f'train.py: model fields from {source}/config.json: {", ".join(adopted)}',
+            file=sys.stderr)
+    last = loop.train(cfg, FLAGS.workdir)
   except (ValueError, FileNotFoundError) as e:  # bad input: say what, not where
     sys.exit(f'train.py: error: {e}')
   print(f'{FLAGS.config.stage}: step {last.get("step")} loss {last.get("loss")} in {FLAGS.workdir}')

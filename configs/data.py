@@ -16,10 +16,12 @@ def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   size = 'tiny' if parsed.size == 'tiny' else 'base'
   datasets = [parsed.dataset] if parsed.dataset else []
   c = ml_collections.ConfigDict()
-  c.dataset = 'occluded_objects'  # occluded_objects | photo_pan | folder | tfds:NAME
+  c.dataset = 'occluded_objects'  # occluded_objects | photo_pan | folder | latents | tfds:NAME
   c.data_dir = ''               # '' = TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.prepare = True              # generate a missing procedural dataset into data_dir
-  c.folder = ''                 # dataset='folder': a directory of videos (train/ test/ optional)
+  c.folder = ''                 # dataset='folder': a directory of videos (train/ test/ optional);
+                                # dataset='latents': of .npz clips (pafukv_jax/data/latents.py)
+  c.prompt_tokens = 512         # prompt embeddings are zero-padded to this many tokens (Wan: 512)
   c.video_key = ''              # dataset='tfds:NAME': the video feature ('' = detect)
   c.num_frames = 32             # frames per clip
   c.image_size = (32, 32)       # (H, W)

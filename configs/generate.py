@@ -52,6 +52,9 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
   c.batch_size = 4              # samples generated together; the last batch is padded
   c.seed = 0                    # noise and labels; sample i of a seed is the same in any batch
   c.label = -1                  # class label of every sample; -1: drawn per sample from the seed
+  c.prompts = ''                # a model with prompt embeddings (model.num_classes=0): .npz with
+                                # `prompt_embedding` [N, L, cond_dim] (or [L, cond_dim]), umT5's;
+                                # sample i takes row i mod N ('' = the context clips' own)
   c.checkpoint = ''             # student checkpoint dir; '' = random weights (smoke runs, speed)
   c.init_seed = 0               # weights when checkpoint is empty
 

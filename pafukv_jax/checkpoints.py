@@ -83,6 +83,28 @@ def check_model_config(path: str, model_cfg) -> None:
                      'fields as it had them:\n  ' + '\n  '.join(diffs) + hint)
 
 
+def adopt_model_fields(cfg, path: str, explicit=()) -> list[str]:
+  """Sets cfg.model's MODEL_FIELDS to those `path/config.json` trained with, except the fields
+  named in `explicit` (dotted names the user set, e.g. 'model.dim': a set field that differs is
+  left for `check_model_config` to refuse). Returns 'field=value' for every field it changed.
+  A checkpoint without config.json changes nothing: its shapes are checked when it is loaded."""
+  saved = (saved_config(path) or {}).get('model') if path else None
+  if not saved:
+    return []
+  changed = []
+  defaults = {f.name: f.default for f in dataclasses.fields(DiTConfig)}  # a field it lacks
+  with cfg.unlocked():                                                   # it had by default
+    for name in MODEL_FIELDS:
+      if f'model.{name}' not in explicit:
+        value = saved.get(name, defaults[name])
+        value = tuple(value) if isinstance(value, list) else value
+        current = cfg.model.get(name)
+        if (tuple(current) if isinstance(current, list) else current) != value:
+          cfg.model[name] = value
+          changed.append(f'{name}={value!r}')
+  return changed
+
+
 def saved_config(path: str) -> dict | None:
   """The config.json a training run wrote beside its checkpoints (export.py copies it), or None."""
   saved_path = os.path.join(path, 'config.json')

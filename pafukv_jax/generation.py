@@ -13,7 +13,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from pafukv_jax import checkpoints, rollout, sampling, video_io
+from pafukv_jax import checkpoints, conditioning, rollout, sampling, video_io
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.compile_counter import CompileCounter
@@ -58,23 +58,28 @@ CONTEXT_SPLITS = ('test', 'train')  # config.context naming a split of config.da
 
 def dataset_context(data_cfg, split: str, num_clips: int, num_frames: int) -> dict:
   """The first num_clips clips (fewer if the split is smaller) of a split of `data_cfg`:
-  {'videos': [N, num_frames, H, W, C] in [-1, 1], 'labels': [N], and 'frame_cond':
-  [N, num_frames, D] where the dataset has it}."""
+  {'videos': [N, num_frames, H, W, C] in [-1, 1], and where the dataset has them 'labels' [N],
+  'prompts' [N, L, D] (prompt embeddings) and 'frame_cond' [N, num_frames, D]}."""
   from pafukv_jax import data  # tensorflow_datasets is imported only when a dataset is read
   if data_cfg.num_frames < num_frames:
     raise ValueError(f'config.context={split!r}: data.num_frames={data_cfg.num_frames} is shorter '
                      f'than num_frames={num_frames}; set --config.data.num_frames={num_frames}.')
   clips = data.first_clips(data_cfg, split, num_clips)
-  out = dict(videos=clips['video'][:, :num_frames], labels=clips['label'].astype(np.int32))
+  out = dict(videos=clips['video'][:, :num_frames])
+  if 'label' in clips:
+    out['labels'] = clips['label'].astype(np.int32)
+  if conditioning.PROMPT_KEY in clips:
+    out['prompts'] = clips[conditioning.PROMPT_KEY]
   if 'frame_cond' in clips:  # procedural datasets; a folder of videos has no camera motion
     out['frame_cond'] = clips['frame_cond'][:, :num_frames]
   return out
 
 
 def load_context(cfg, model_cfg: DiTConfig):
-  """(videos [N, context_frames, H, W, C], frame_cond [N, T, D], labels [N]; each or None) from
-  cfg.context: an .npz file, or 'test' / 'train', the first num_samples clips of that split of
-  cfg.data (whose labels then label the samples)."""
+  """(videos [N, context_frames, H, W, C], frame_cond [N, T, D], conditioning: labels [N] or
+  prompt embeddings [N, L, D]; each or None) from cfg.context: an .npz file, or 'test' /
+  'train', the first num_samples clips of that split of cfg.data (whose labels or prompt
+  embeddings then condition the samples)."""
   need_cond = model_cfg.frame_cond_dim > 0
   if not cfg.context_frames and not need_cond:
     return None, None, None
@@ -110,20 +115,38 @@ def load_context(cfg, model_cfg: DiTConfig):
       raise ValueError(f'{cfg.context}: `frame_cond` must be [N, {want[0]}, {want[1]}], '
                        f'got {None if cond is None else cond.shape}.')
     cond = cond.astype(np.float32)
-  labels = data['labels'] if cfg.context in CONTEXT_SPLITS else None
-  return (videos if cfg.context_frames else None), cond, labels
+  given = None
+  if cfg.context in CONTEXT_SPLITS:
+    given = data.get('labels') if model_cfg.num_classes else data.get('prompts')
+  return (videos if cfg.context_frames else None), cond, given
 
 
-def sample_labels(cfg, model_cfg: DiTConfig, context_labels=None) -> np.ndarray:
-  """config.label for every sample; else (a class-conditional model) the context clips' labels;
-  else drawn from the seed."""
+def sample_conditioning(cfg, model_cfg: DiTConfig, context_cond=None) -> tuple[np.ndarray, int]:
+  """(What each sample is conditioned on, the rows N of config.prompts or 0). A model with
+  prompt embeddings (num_classes=0): those of config.prompts (sample i takes row i mod N), else
+  of the context clips [N, L, D]. A class-conditional one: config.label for every sample, else
+  the context clips' labels, else labels drawn from the seed [N]."""
+  if not model_cfg.num_classes:
+    from_file = bool(cfg.get('prompts'))
+    if from_file:
+      rows = conditioning.load_prompts(cfg.prompts, model_cfg.num_cond_tokens, model_cfg.cond_dim)
+    elif context_cond is not None:
+      rows = np.asarray(context_cond, np.float32)
+    else:
+      raise ValueError('This model is conditioned on prompt embeddings (num_classes=0): give '
+                       f'--config.prompts=FILE.npz with `{conditioning.PROMPT_KEY}` [N, L, '
+                       f'{model_cfg.cond_dim}] (umT5 embeddings; all zeros: unconditional), '
+                       'or a context split whose clips carry them.')
+    return rows[np.arange(cfg.num_samples) % len(rows)], len(rows) if from_file else 0
+  return _sample_labels(cfg, model_cfg, context_cond), 0
+
+
+def _sample_labels(cfg, model_cfg, context_labels):
   if cfg.label >= 0:
     if cfg.label > model_cfg.num_classes:
       raise ValueError(f'config.label={cfg.label} is outside [0, {model_cfg.num_classes}] '
                        f'({model_cfg.num_classes} = unconditional).')
     return np.full(cfg.num_samples, cfg.label, np.int32)
-  if model_cfg.num_classes == 0:
-    return np.zeros(cfg.num_samples, np.int32)
   if context_labels is not None:
     return context_labels[np.arange(cfg.num_samples) % len(context_labels)]
   return np.random.default_rng(cfg.seed).integers(0, model_cfg.num_classes, cfg.num_samples,
@@ -188,11 +211,11 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
     raise ValueError('num_samples and batch_size must be >= 1.')
   model_cfg, rc, spec = parse_config(cfg)
   check_workdir(workdir, overwrite)
-  context, frame_cond, context_labels = load_context(cfg, model_cfg)
+  context, frame_cond, context_cond = load_context(cfg, model_cfg)
   if cfg.policy == 'fov' and frame_cond is None:
     raise ValueError("policy='fov' scores tokens by the planned camera path: give a context "
                      "with frame_cond (--config.context=test on photo_pan, or an .npz with it).")
-  labels = sample_labels(cfg, model_cfg, context_labels)
+  cond, prompt_rows = sample_conditioning(cfg, model_cfg, context_cond)
   model = build_model(model_cfg, cfg.checkpoint, cfg.init_seed)
   head = build_head(cfg.head, model_cfg) if cfg.policy == 'pafu' else None
   runner = rollout.Rollout(model, rc, spec, head=head)
@@ -208,7 +231,7 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
     """(inputs, context) of batch i."""
     ids = np.arange(i * size, (i + 1) * size) % cfg.num_samples  # pad the last batch
     pick = lambda a: None if a is None else jnp.asarray(a[ids % a.shape[0]])
-    return rollout.inputs(sampling.sample_keys(cfg.seed, ids), labels[ids], pick(frame_cond)), \
+    return rollout.inputs(sampling.sample_keys(cfg.seed, ids), cond[ids], pick(frame_cond)), \
         pick(context)
 
   # the oracle's reference rollouts come first: `compiles` and the timings are the policy's own
@@ -225,7 +248,9 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       chunk_seconds += out.chunk_seconds
     total_seconds = time.perf_counter() - start
   bar.close()
-  videos = np.clip(np.concatenate(videos)[:cfg.num_samples], -1.0, 1.0).astype(np.float32)
+  videos = np.concatenate(videos)[:cfg.num_samples].astype(np.float32)
+  if model_cfg.channels in video_io.PIXEL_CHANNELS:  # pixels; latents keep their own range
+    videos = np.clip(videos, -1.0, 1.0)
 
   steady = chunk_seconds[1:]
   steady_chunk = float(np.mean(steady)) if steady else None
@@ -252,7 +277,9 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       head_checkpoint=cfg.head.checkpoint if cfg.policy == 'pafu' else None,
   )
   manifest = [dict(sample=i, video=f'videos/sample_{i:04d}.gif', seed=cfg.seed,
-                   label=int(labels[i]), context=int(i % len(context)) if context is not None
+                   **({'label': int(cond[i])} if model_cfg.num_classes else
+                      {'prompt_row': int(i % prompt_rows) if prompt_rows else None}),
+                   context=int(i % len(context)) if context is not None
                    else None, policy=cfg.policy) for i in range(cfg.num_samples)]
   _write_outputs(workdir, videos, metrics, manifest, cfg)
   return metrics
@@ -266,7 +293,7 @@ def _write_outputs(workdir, videos, metrics, manifest, cfg):
     np.savez(os.path.join(tmp, 'samples.npz'), videos=videos)
     os.makedirs(os.path.join(tmp, 'videos'))
     for i, video in enumerate(videos):
-      video_io.write_gif(os.path.join(tmp, 'videos', f'sample_{i:04d}.gif'), video,
+      video_io.write_gif(os.path.join(tmp, 'videos', f'sample_{i:04d}.gif'), video_io.viewable(video),
                          fps=cfg.video.fps, scale=cfg.video.scale)
     with open(os.path.join(tmp, 'metrics.json'), 'w') as f:
       json.dump(metrics, f, indent=2)

@@ -13,6 +13,23 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
   return np.round((np.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
+PIXEL_CHANNELS = (1, 3)  # videos of other widths are latents
+
+
+def viewable(video: np.ndarray) -> np.ndarray:
+  """video [T, H, W, C] as pixels in [-1, 1]: itself for 1 or 3 channels; for latents (any other
+  C), a preview of their first 3 channels, each stretched from its 1st to 99th percentile over the
+  video. Not a decoding (that needs the VAE): it shows where content is and how it moves."""
+  video = np.asarray(video, np.float32)
+  if video.shape[-1] in PIXEL_CHANNELS:
+    return video
+  first = video[..., :3]
+  if first.shape[-1] < 3:
+    first = np.concatenate([first] + [first[..., -1:]] * (3 - first.shape[-1]), axis=-1)
+  lo, hi = np.percentile(first, [1, 99], axis=(0, 1, 2), keepdims=True)
+  return np.clip(2 * (first - lo) / np.maximum(hi - lo, 1e-6) - 1, -1, 1)
+
+
 def write_gif(path: str, video: np.ndarray, fps: int = 8, scale: int = 1) -> None:
   """video [T, H, W, C] float in [-1, 1] (C = 1 or 3); nearest-neighbour upscaling by `scale`."""
   frames = to_uint8(np.asarray(video))

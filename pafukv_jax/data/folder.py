@@ -5,7 +5,8 @@ centre-cropped to the target aspect ratio and resized, and kept in memory as uin
 total frames x H x W x 3 bytes). Each video gives the clips starting at 0, clip_stride,
 2 * clip_stride, ... that fit in it. The label of a clip is the index of its video's sub-folder
 among the sorted sub-folders (0 for every file when the videos sit directly in the folder), as in
-an image-folder dataset. GIFs are read by Pillow; mp4, avi, mov, mkv, webm... need ffmpeg:
+an image-folder dataset. A video may carry its prompt's embedding in NAME.npz beside it
+(`prompt_embedding` [L, D], for a model with num_classes=0). GIFs are read by Pillow; mp4, avi, mov, mkv, webm... need ffmpeg:
 `pip install imageio-ffmpeg`.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pafukv_jax import conditioning
 from pafukv_jax.data.frames import resize_video
 
 VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.mov', '.avi', '.mkv', '.webm', '.mpg', '.mpeg', '.wmv',
@@ -71,7 +73,7 @@ class VideoFolder(Sequence):
 
   def __init__(self, folder: str | os.PathLike, num_frames: int, image_size: tuple[int, int], *,
                clip_stride: int | None = None, frame_step: int = 1,
-               skip_short_videos: bool = False):
+               skip_short_videos: bool = False, prompt_tokens: int = 512):
     folder = Path(folder).expanduser()
     if not folder.is_dir():
       raise FileNotFoundError(f'The video folder {folder} does not exist: point config.folder at '
@@ -104,6 +106,7 @@ class VideoFolder(Sequence):
     self.files = [p for p, _ in kept]
     self.videos = [v for _, v in kept]
     self.labels = [classes.index(p.parent.relative_to(folder).as_posix()) for p, _ in kept]
+    self.prompts = _prompts(self.files, prompt_tokens)
     self.clips = [(i, start) for i, v in enumerate(self.videos)
                   for start in range(0, len(v) - span + 1, stride)]
     self._span = span
@@ -114,4 +117,28 @@ class VideoFolder(Sequence):
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     video, start = self.clips[index]
     clip = self.videos[video][start:start + self._span:self.frame_step]
-    return {'video': clip, 'label': np.int64(self.labels[video])}
+    out = {'video': clip, 'label': np.int64(self.labels[video])}
+    if self.prompts is not None:
+      out[conditioning.PROMPT_KEY] = self.prompts[video]
+    return out
+
+
+def _prompts(files, tokens: int):
+  """Each video's prompt embedding from NAME.npz beside NAME.mp4 (`prompt_embedding` [L, D],
+  zero-padded to `tokens`), or None when no video has one; some but not all is an error."""
+  sidecars = [p.with_suffix('.npz') for p in files]
+  have = [s.is_file() for s in sidecars]
+  if not any(have):
+    return None
+  if not all(have):
+    missing = [str(p) for p, h in zip(files, have) if not h]
+    raise ValueError(f'{sum(have)} of {len(files)} videos have a prompt embedding (NAME.npz beside '
+                     f'NAME.mp4); these do not: {", ".join(missing[:5])}. Give every video one, '
+                     'or none.')
+  out = []
+  for path in sidecars:
+    with np.load(path) as f:
+      if conditioning.PROMPT_KEY not in f:
+        raise ValueError(f'{path} holds {sorted(f)}, not `{conditioning.PROMPT_KEY}` [L, D].')
+      out.append(conditioning.pad_prompt(f[conditioning.PROMPT_KEY], tokens, str(path)))
+  return out

@@ -4,6 +4,8 @@ config.dataset picks the source:
   'occluded_objects', 'photo_pan'  procedural TFDS builders, generated into data_dir when missing
                                    (prepare=True) from the config's sizes and seed;
   'folder'                         the videos under config.folder (or its `<split>/` sub-folder);
+  'latents'                        .npz clips under config.folder: VAE latents and their prompt
+                                   embeddings, computed outside (data/latents.py);
   'tfds:NAME'                      a prepared TFDS video dataset, e.g. 'tfds:moving_mnist'.
 """
 
@@ -16,6 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from pafukv_jax.data import folder as folder_lib
+from pafukv_jax.data import latents
 from pafukv_jax.data import pipeline
 from pafukv_jax.data import procedural
 from pafukv_jax.data import tfds_video
@@ -62,12 +65,18 @@ def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'
     if not cfg.get('folder'):
       raise ValueError("dataset='folder' needs config.folder: the directory of your videos.")
     return folder_lib.VideoFolder(folder_lib.folder_for_split(cfg.folder, split),
-                                  cfg.num_frames, tuple(cfg.image_size))
+                                  cfg.num_frames, tuple(cfg.image_size),
+                                  prompt_tokens=cfg.get('prompt_tokens', 512))
+  if name == 'latents':
+    if not cfg.get('folder'):
+      raise ValueError("dataset='latents' needs config.folder: the directory of .npz clips.")
+    return latents.LatentFolder(folder_lib.folder_for_split(cfg.folder, split), cfg.num_frames,
+                                tuple(cfg.image_size), prompt_tokens=cfg.get('prompt_tokens', 512))
   if name.startswith('tfds:'):
     return tfds_video.TfdsVideo(name[len('tfds:'):], split, cfg.data_dir or None, cfg.num_frames,
                                 tuple(cfg.image_size), video_key=cfg.get('video_key') or None)
   raise ValueError(f'Unknown dataset {name!r}: use one of {sorted(PROCEDURAL_BUILDERS)}, '
-                   "'folder' (with config.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
+                   "'folder' or 'latents' (with config.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
 
 
 def first_clips(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from pafukv_jax import diffusion, generation
+from pafukv_jax import conditioning, diffusion, generation
 from pafukv_jax.evaluation import sweep, video_metrics
 from pafukv_jax.models.dit import DiTConfig
 
@@ -71,7 +71,7 @@ def main(argv):
     sys.exit(f'one_step: error: {e}')
   cond = clips.get('frame_cond')
   cond = None if cond is None else jnp.asarray(cond, jnp.float32)
-  r = one_step_psnr(model, clips['video'], jnp.asarray(clips['label'], jnp.int32), cond,
+  r = one_step_psnr(model, clips['video'], conditioning.from_batch(clips, model.cfg), cond,
                     flags.FLAGS.frame)
   print(f'{cfg.checkpoint} on {len(clips["video"])} {cfg.data.dataset} test clips, frame '
         f'{flags.FLAGS.frame}: PSNR (dB) of the prediction from clean context')

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from pafukv_jax import data, generation, rollout, sampling
+from pafukv_jax import conditioning, data, generation, rollout, sampling
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.cache.kv_cache import GRANULARITIES
@@ -227,7 +227,8 @@ class Sweep:
     for start in range(0, cfg.num_clips, cfg.batch_size):
       ids = np.arange(start, start + cfg.batch_size) % cfg.num_clips  # pad the last batch
       cond = clips.get('frame_cond')
-      inputs = rollout.inputs(sampling.sample_keys(seed, ids), clips['label'][ids],
+      inputs = rollout.inputs(sampling.sample_keys(seed, ids),
+                              conditioning.from_batch(clips, self.model_cfg)[ids],
                               None if cond is None else cond[ids])
       # the oracle scores the video the cache holds: the full rollout of these clips (which this
       # sweep already generated), or in teacher-forced mode the clips themselves

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pafukv_jax import checkpoints, data, parallel
+from pafukv_jax import checkpoints, conditioning, data, parallel
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience import ranking, targets
 from pafukv_jax.salience.losses import DistillConfig
@@ -67,7 +67,7 @@ def make_targets_fn(dc: DistillConfig, teacher_graphdef, student_graphdef):
   def fn(frozen, batch, key):
     teacher = nnx.merge(teacher_graphdef, frozen['teacher'])
     student = nnx.merge(student_graphdef, frozen['student'])
-    video, label = batch['video'], batch['label'].astype(jnp.int32)
+    video, label = batch['video'], conditioning.from_batch(batch, student.cfg)
     cond = batch.get('frame_cond')
     b, t = video.shape[:2]
     s = student.cfg.tokens_per_frame

@@ -20,7 +20,7 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from pafukv_jax import checkpoints, data, parallel, rollout, sampling, video_io
+from pafukv_jax import checkpoints, conditioning, data, parallel, rollout, sampling, video_io
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience import distill
 from pafukv_jax.salience.head import init_head
@@ -136,7 +136,8 @@ class SampleWriter:
   def __init__(self, cfg, graphdef, batch):
     self.stage, self.graphdef = cfg.stage, graphdef
     n = cfg.sample.num_samples
-    self.label = jnp.asarray(np.asarray(batch['label'])[:n], jnp.int32)
+    model_cfg = DiTConfig.from_config(cfg.model)
+    self.label = jnp.asarray(np.asarray(conditioning.from_batch(batch, model_cfg))[:n])
     cond = batch.get('frame_cond')
     self.frame_cond = None if cond is None else jnp.asarray(np.asarray(cond)[:n])
     self.inputs = rollout.inputs(sampling.sample_keys(cfg.seed, np.arange(n)), self.label,
@@ -162,6 +163,13 @@ class SampleWriter:
       video_io.write_gif(os.path.join(out_dir, f'sample_{i:02d}.gif'), video, scale=4)
 
 
+def model_source(cfg) -> str:
+  """The checkpoint whose model a stage must have: the student's `init_from` (the teacher), the
+  salience stage's `student`; '' for a stage that starts from scratch."""
+  return {'student': cfg.get('init_from', ''), 'salience': cfg.get('student', '')}.get(
+      cfg.stage, '') or ''
+
+
 def train(cfg, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the metrics of the last logged step."""
   # -- check: everything that can be wrong is found before any work -----------------------------
@@ -171,6 +179,11 @@ def train(cfg, workdir: str) -> dict:
   with cfg.unlocked():
     cfg.data.batch_size = cfg.batch_size
   pipeline = data.make_pipeline(cfg.data, 'train', mesh=mesh, data_axes=parallel.BATCH_AXES)
+  clip = np.shape(pipeline.source[0]['video'])
+  if tuple(clip[1:]) != (*model_cfg.image_size, model_cfg.channels):
+    raise ValueError(f'The data\'s frames are {tuple(clip[1:])}, the model takes '
+                     f'{(*model_cfg.image_size, model_cfg.channels)}: set data.image_size and '
+                     'model.image_size / model.channels alike.')
   frozen = targets_fn = None
   if cfg.stage == 'salience':  # batches become (student features, teacher targets) in the step
     # before the workdir: a wrong-shaped teacher leaves nothing behind

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from pafukv_jax import diffusion
+from pafukv_jax import conditioning, diffusion
 from pafukv_jax.salience import losses
 
 STAGES = ('teacher', 'student', 'salience')
@@ -32,20 +32,20 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
 
 
-def _inputs(batch, key, num_classes, label_dropout):
-  """Clean video, labels (some dropped to the null label for guidance), frame_cond, row weights."""
+def _inputs(batch, key, model_cfg, label_dropout):
+  """Clean video, conditioning (labels or prompt embeddings, some dropped for guidance),
+  frame_cond, row weights."""
   x0 = batch['video']
-  label = batch['label'].astype(jnp.int32)
-  drop = jax.random.bernoulli(key, label_dropout, label.shape)
-  label = jnp.where(drop, num_classes, label)
+  cond = conditioning.drop(conditioning.from_batch(batch, model_cfg), key, label_dropout,
+                           model_cfg.num_classes)
   valid = batch.get('valid', jnp.ones(x0.shape[:1], bool)).astype(jnp.float32)
-  return x0, label, batch.get('frame_cond'), valid
+  return x0, cond, batch.get('frame_cond'), valid
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowLossConfig:
   """What the teacher's and the student's losses read, parsed once from a training config."""
-  label_dropout: float = 0.1       # labels replaced by the null label (classifier-free guidance)
+  label_dropout: float = 0.1       # conditioning dropped to the null label / zero prompt (guidance)
   train_shift: float = 3.0         # shift of the training noise levels
   chunk_frames: int = 1            # student: frames per block-causal chunk
   clean_context_prob: float = 0.5  # student: probability that a context chunk is clean
@@ -57,21 +57,19 @@ class FlowLossConfig:
 
 
 def teacher_loss(model, batch, key, cfg: FlowLossConfig):
-  k_label, k_t, k_noise = jax.random.split(key, 3)
-  x0, label, frame_cond, valid = _inputs(batch, k_label, model.cfg.num_classes,
-                                         cfg.label_dropout)
+  k_cond, k_t, k_noise = jax.random.split(key, 3)
+  x0, cond, frame_cond, valid = _inputs(batch, k_cond, model.cfg, cfg.label_dropout)
   b, t = x0.shape[:2]
   level = diffusion.sample_train_time(k_t, (b, 1), cfg.train_shift) * jnp.ones((b, t))
   noise = jax.random.normal(k_noise, x0.shape)
-  v, _ = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label, frame_cond,
+  v, _ = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), cond, frame_cond,
                mode='bidirectional')
   return diffusion.flow_matching_loss(v, x0, noise, valid[:, None] * jnp.ones((b, t)))
 
 
 def student_loss(model, batch, key, cfg: FlowLossConfig):
-  k_label, k_t, k_clean, k_noise = jax.random.split(key, 4)
-  x0, label, frame_cond, valid = _inputs(batch, k_label, model.cfg.num_classes,
-                                         cfg.label_dropout)
+  k_cond, k_t, k_clean, k_noise = jax.random.split(key, 4)
+  x0, cond, frame_cond, valid = _inputs(batch, k_cond, model.cfg, cfg.label_dropout)
   b, t = x0.shape[:2]
   f = cfg.chunk_frames
   chunk_level = diffusion.sample_train_time(k_t, (b, t // f), cfg.train_shift)
@@ -79,7 +77,7 @@ def student_loss(model, batch, key, cfg: FlowLossConfig):
   clean = clean.at[:, -1].set(False)  # the last chunk is never context: something to learn
   level = jnp.repeat(jnp.where(clean, 0.0, chunk_level), f, axis=1)
   noise = jax.random.normal(k_noise, x0.shape)
-  v, _ = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), label, frame_cond,
+  v, _ = model(diffusion.add_noise(x0, noise, level), level, jnp.arange(t), cond, frame_cond,
                mode='block_causal', chunk_frames=f)
   weights = (level > 0).astype(jnp.float32) * valid[:, None]
   return diffusion.flow_matching_loss(v, x0, noise, weights)
