@@ -16,7 +16,7 @@ import sys
 import ml_collections
 from absl import app, flags, logging
 
-from pafukv_jax import checkpoints
+from pafukv_jax import checkpoints, output_dirs
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience.head import init_head
 
@@ -31,6 +31,7 @@ def export(workdir: str, out: str) -> None:
     raise FileNotFoundError(f'{saved} does not exist: --workdir must be a train.py workdir.')
   if os.path.exists(out):
     raise FileExistsError(f'{out} exists; choose a new --out (nothing was written).')
+  output_dirs.check_writable(out, '--out')
   with open(saved) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
   model_cfg = DiTConfig.from_config(cfg.model)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -13,7 +14,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from pafukv_jax import checkpoints, conditioning, rollout, sampling, video_io
+from pafukv_jax import checkpoints, conditioning, output_dirs, rollout, sampling, video_io
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.compile_counter import CompileCounter
@@ -46,6 +47,7 @@ def parse_config(cfg, policy: str | None = None, cache_config=None):
 
 
 def check_workdir(workdir: str, overwrite: bool) -> None:
+  output_dirs.check_writable(workdir)
   present = [name for name in OUTPUTS if os.path.exists(os.path.join(workdir, name))]
   if present and not overwrite:
     raise FileExistsError(
@@ -93,6 +95,10 @@ def load_context(cfg, model_cfg: DiTConfig):
                      'when context_frames > 0 or frame_cond_dim > 0.')
   if cfg.context in CONTEXT_SPLITS:
     data = dataset_context(cfg.data, cfg.context, cfg.num_samples, cfg.num_frames)
+    if len(data['videos']) < cfg.num_samples:
+      print(f'generate: the {cfg.context} split has {len(data["videos"])} clips for '
+            f'{cfg.num_samples} samples: sample i continues clip i mod {len(data["videos"])}, '
+            'so later samples reuse clips (with other noise).', file=sys.stderr)
   elif not os.path.isfile(cfg.context):
     raise FileNotFoundError(f'config.context file {cfg.context} does not exist (give an .npz file '
                             f'or a split {CONTEXT_SPLITS} of config.data).')

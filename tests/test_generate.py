@@ -33,7 +33,7 @@ def test_outputs_and_metrics(tmp_path):
   assert Image.open(tmp_path / 'videos' / gifs[0]).n_frames == 4
   manifest = json.loads((tmp_path / 'manifest.json').read_text())
   assert [m['video'] for m in manifest] == [f'videos/{g}' for g in gifs]
-  labels = generation.sample_labels(cfg, DiTConfig.from_config(cfg.model))
+  labels = generation.sample_conditioning(cfg, DiTConfig.from_config(cfg.model))[0]
   assert [m['label'] for m in manifest] == labels.tolist() and manifest[2]['sample'] == 2
   on_disk = json.loads((tmp_path / 'metrics.json').read_text())
   assert on_disk == json.loads(json.dumps(metrics))
@@ -155,7 +155,7 @@ def test_context_from_a_dataset_split(tmp_path):
                         str(tmp_path / 'long'))
 
 
-def test_context_from_a_folder_of_videos(tmp_path):
+def test_context_from_a_folder_of_videos(tmp_path, capsys):
   # a folder dataset has no camera motion: a model without frame_cond continues its clips
   from PIL import Image as PILImage
   (tmp_path / 'videos' / 'test' / 'cats').mkdir(parents=True)
@@ -168,6 +168,7 @@ def test_context_from_a_folder_of_videos(tmp_path):
   videos = np.load(tmp_path / 'out' / 'samples.npz')['videos']
   np.testing.assert_allclose(videos[:, :2].mean(axis=(2, 3, 4)),
                              [[-1.0, 30 / 127.5 - 1.0]] * 2, atol=0.02)  # both samples: clip 0
+  assert 'has 1 clips for 2 samples: sample i continues clip i mod 1' in capsys.readouterr().err
 
 
 def test_command_line(tmp_path):
@@ -215,7 +216,8 @@ def test_pafu_and_oracle(tmp_path):
   # by hand: the full rollout, the teacher's SSE on it, then the oracle rollout with those scores
   model, teacher = init_model(model_cfg, 0), init_model(model_cfg, 7)
   rc = generation.rollout_config(cfg)
-  keys, labels = sampling.sample_keys(0, [0, 1]), generation.sample_labels(cfg, model_cfg)[:2]
+  keys = sampling.sample_keys(0, [0, 1])
+  labels = generation.sample_conditioning(cfg, model_cfg)[0][:2]
   full = make_rollout(model, rc, 'full').generate(rollout.inputs(keys, labels)).videos
   scores = oracle_scores(teacher, full, jnp.asarray(labels), chunk_frames=1)
   want = make_rollout(model, rc, 'oracle', cfg.cache).generate(

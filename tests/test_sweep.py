@@ -158,6 +158,8 @@ def test_policy_variants_run_with_their_own_granularity(data_dir, tmp_path):
     (dict(compare_budget=3), 'compare_budget'),
     (dict(policies=('full', 'window', 'pafu')), 'head.checkpoint'),
     (dict(budgets=(0, 2)), 'smaller than one chunk'),
+    (dict(budgets=('3,x',)), r"budgets must be whole numbers of frames.*'x' is not"),  # 3,x
+    (dict(budgets=('',)), 'budgets is empty'),  # --config.budgets=
     (dict(context_frames=0), 'context_frames'),
     (dict(paired_references=('sink_window',)), 'paired_references'),
     (dict(mode='teacher'), 'mode must be one of'),

@@ -2,6 +2,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,12 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
   a, b = _final_params(tmp_path / 'killed'), _final_params(tmp_path / 'straight')
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  # every step logged once: the rows the killed run wrote past its last checkpoint are dropped
+  rows = lambda d: [json.loads(line) for line in open(tmp_path / d / 'metrics.jsonl')]
+  assert [r['step'] for r in rows('killed')] == [r['step'] for r in rows('straight')] == list(
+      range(5, 41, 5))
+  np.testing.assert_allclose([r['loss'] for r in rows('killed')],
+                             [r['loss'] for r in rows('straight')], rtol=1e-5)
 
 
 def test_stop_at_step_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
@@ -157,10 +164,20 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_
   assert sorted(int(p) for p in os.listdir(tmp_path / 'checkpoints') if p.isdigit()) == [3]
 
 
-def test_resuming_with_another_model_is_refused(tmp_path, data_dir):
+def test_resuming_with_another_model_is_refused_with_a_command_that_resumes(tmp_path, data_dir):
+  import shlex
   loop.train(stage_config('teacher', data_dir, total_steps=3), str(tmp_path))
-  with pytest.raises(ValueError, match=r'holds a run with other model\.dim \(saved 32, now 48\)'):
-    loop.train(stage_config('teacher', data_dir, **{'model.dim': 48}), str(tmp_path))
+  with pytest.raises(ValueError, match=r'holds a run with other model\.dim \(saved 32, now 48\)'
+                     ) as refused:
+    loop.train(stage_config('teacher', data_dir, **{'model.dim': 48, 'data.image_size': (8, 8)}),
+               str(tmp_path))
+  flags = re.search(r'rerun with its values \((.*?); the rest', str(refused.value)).group(1)
+  assert "--config.data.image_size='(16, 16)'" in flags
+  resumed = subprocess.run(
+      [sys.executable, 'train.py', '--config=configs/teacher.py:tiny', f'--workdir={tmp_path}',
+       f'--config.data.data_dir={data_dir}', '--config.total_steps=3', *shlex.split(flags)],
+      cwd=REPO, capture_output=True, text=True)
+  assert resumed.returncode == 0 and 'Resumed' in resumed.stdout, resumed.stderr[-2000:]
 
 
 def test_a_run_saved_before_a_model_field_existed_resumes_at_its_default(tmp_path, data_dir):
@@ -199,6 +216,14 @@ def test_student_starts_from_the_teacher_and_generate_reads_a_workdir(tmp_path, 
   # function compiles once (it compiled the chunk step twice, at chunk 1 and 2)
   assert metrics['compiles_by_function'] == {'encode_condition': 1, 'chunk_step': 1}, \
       metrics['compiles_by_function']
+  # the user's own tiny pipeline from the command line: generate.py takes the model fields from
+  # the student's config.json (frame_cond_dim=2 here, 0 in configs/generate.py:tiny) and says so
+  cli = subprocess.run(
+      [sys.executable, 'generate.py', '--config=configs/generate.py:tiny',
+       f'--workdir={tmp_path / "cli"}', f'--config.checkpoint={tmp_path / "student"}',
+       '--config.num_frames=4'], cwd=REPO, capture_output=True, text=True)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  assert 'model fields from' in cli.stderr and 'frame_cond_dim=2' in cli.stderr
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '*.py'))))

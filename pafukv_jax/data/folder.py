@@ -53,7 +53,7 @@ def folder_for_split(folder: str | os.PathLike, split: str) -> Path:
   """`folder/split` when the folder is divided into split sub-folders, else the folder itself."""
   folder = Path(folder).expanduser()
   if not folder.is_dir():
-    raise FileNotFoundError(f'The video folder {folder} does not exist (config.folder): point it '
+    raise FileNotFoundError(f'The video folder {folder} does not exist (data.folder): point it '
                             'at a directory of video files.')
   if any((folder / s).is_dir() for s in SPLIT_FOLDERS):
     if not (folder / split).is_dir():
@@ -76,7 +76,7 @@ class VideoFolder(Sequence):
                skip_short_videos: bool = False, prompt_tokens: int = 512):
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-      raise FileNotFoundError(f'The video folder {folder} does not exist: point config.folder at '
+      raise FileNotFoundError(f'The video folder {folder} does not exist: point data.folder at '
                               'a directory of video files.')
     if num_frames < 1 or frame_step < 1 or (clip_stride is not None and clip_stride < 1):
       raise ValueError('num_frames, frame_step and clip_stride must be >= 1.')

@@ -3,8 +3,8 @@
 config.dataset picks the source:
   'occluded_objects', 'photo_pan'  procedural TFDS builders, generated into data_dir when missing
                                    (prepare=True) from the config's sizes and seed;
-  'folder'                         the videos under config.folder (or its `<split>/` sub-folder);
-  'latents'                        .npz clips under config.folder: VAE latents and their prompt
+  'folder'                         the videos under data.folder (or its `<split>/` sub-folder);
+  'latents'                        .npz clips under data.folder: VAE latents and their prompt
                                    embeddings, computed outside (data/latents.py);
   'tfds:NAME'                      a prepared TFDS video dataset, e.g. 'tfds:moving_mnist'.
 """
@@ -63,20 +63,20 @@ def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'
     return builder.as_data_source(split=split)
   if name == 'folder':
     if not cfg.get('folder'):
-      raise ValueError("dataset='folder' needs config.folder: the directory of your videos.")
+      raise ValueError("dataset='folder' needs data.folder: the directory of your videos.")
     return folder_lib.VideoFolder(folder_lib.folder_for_split(cfg.folder, split),
                                   cfg.num_frames, tuple(cfg.image_size),
                                   prompt_tokens=cfg.get('prompt_tokens', 512))
   if name == 'latents':
     if not cfg.get('folder'):
-      raise ValueError("dataset='latents' needs config.folder: the directory of .npz clips.")
+      raise ValueError("dataset='latents' needs data.folder: the directory of .npz clips.")
     return latents.LatentFolder(folder_lib.folder_for_split(cfg.folder, split), cfg.num_frames,
                                 tuple(cfg.image_size), prompt_tokens=cfg.get('prompt_tokens', 512))
   if name.startswith('tfds:'):
     return tfds_video.TfdsVideo(name[len('tfds:'):], split, cfg.data_dir or None, cfg.num_frames,
                                 tuple(cfg.image_size), video_key=cfg.get('video_key') or None)
   raise ValueError(f'Unknown dataset {name!r}: use one of {sorted(PROCEDURAL_BUILDERS)}, '
-                   "'folder' or 'latents' (with config.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
+                   "'folder' or 'latents' (with data.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
 
 
 def first_clips(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> dict[str, np.ndarray]:

@@ -125,7 +125,14 @@ def atomic(path, write_file):
   os.close(fd)
   try:
     write_file(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def _umask() -> int:
+  mask = os.umask(0)  # the only way to read it is to set it
+  os.umask(mask)
+  return mask

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from pafukv_jax import conditioning, data, generation, rollout, sampling
+from pafukv_jax import conditioning, data, generation, output_dirs, rollout, sampling
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.cache.kv_cache import GRANULARITIES
@@ -78,7 +78,22 @@ def split_name_lists(cfg):
     for field, names in AUTO_NAMES.items():
       if cfg[field] == (AUTO,):
         cfg[field] = tuple(n for n in names if n == GROUND_TRUTH or n in cfg.policies)
+    cfg.budgets = parse_budgets(cfg.budgets)
   return cfg
+
+
+def parse_budgets(budgets) -> tuple[int, ...]:
+  """budgets as whole frames: `--config.budgets=2,4` arrives as (2, 4), but `3,x` or an empty
+  value as one string; say what is wrong with them, not with compare_budget."""
+  words = [w.strip() for entry in budgets for w in str(entry).split(',') if w.strip()]
+  if not words:
+    raise ValueError('budgets is empty: give the cache budgets in frames, e.g. '
+                     '--config.budgets=2,4,8.')
+  bad = [w for w in words if not w.isdigit()]  # (0 is refused with the cache's own reason)
+  if bad:
+    raise ValueError(f'budgets must be whole numbers of frames, e.g. --config.budgets=2,4,8; '
+                     f'{", ".join(map(repr, bad))} is not.')
+  return tuple(int(w) for w in words)
 
 
 def check_config(cfg):
@@ -102,7 +117,7 @@ def check_config(cfg):
   if not 0 < cfg.context_frames < cfg.num_frames:
     raise ValueError(f'context_frames must be in [1, num_frames={cfg.num_frames}) for a '
                      f'continuation task, got {cfg.context_frames}.')
-  if cfg.compare_budget not in cfg.budgets:
+  if cfg.compare_budget not in cfg.budgets:  # (budgets parsed by split_name_lists)
     raise ValueError(f'compare_budget={cfg.compare_budget} is not one of budgets={cfg.budgets}.')
   unknown = [p for p in cfg.side_by_side if p != GROUND_TRUTH and p not in cfg.policies]
   if unknown:
@@ -155,6 +170,7 @@ class Sweep:
 
   def __init__(self, cfg, workdir):
     self.model_cfg, self.rc, self.cache_specs = check_config(split_name_lists(cfg))
+    output_dirs.check_writable(workdir)
     self.cfg, self.workdir = cfg, workdir
     self.runs_dir = os.path.join(workdir, 'runs')
     self.model = generation.build_model(self.model_cfg, cfg.checkpoint, cfg.init_seed)

@@ -20,7 +20,8 @@ import tqdm
 from absl import logging
 from flax import nnx
 
-from pafukv_jax import checkpoints, conditioning, data, parallel, rollout, sampling, video_io
+from pafukv_jax import (checkpoints, conditioning, data, output_dirs, parallel, rollout, sampling,
+                        video_io)
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience import distill
 from pafukv_jax.salience.head import init_head
@@ -37,6 +38,13 @@ def _get(cfg, dotted):
     cfg = cfg[part]
   value = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg
   return json.loads(json.dumps(value))
+
+
+def _flag(value) -> str:
+  """A saved JSON value as a shell-ready --config.FIELD= value."""
+  if isinstance(value, (list, tuple)):
+    return "'" + repr(tuple(value)) + "'"
+  return str(value)
 
 
 def _frozen(cfg, field):
@@ -61,29 +69,34 @@ def check_config(cfg, workdir):
                      f'chunk_frames={cfg.chunk_frames}.')
   model_cfg = DiTConfig.from_config(cfg.model)
   dc = distill.check_config(cfg) if cfg.stage == 'salience' else None
+  output_dirs.check_writable(workdir)
   saved_path = os.path.join(workdir, 'config.json')
   if os.path.exists(saved_path):
     with open(saved_path) as f:
       saved = ml_collections.ConfigDict(json.load(f))
-    diffs = []
+    diffs = {}  # field: (saved, now)
     for k in FROZEN_FIELDS:
       a, b = _frozen(saved, k), _frozen(cfg, k)
       if k == 'model':
-        diffs += [f'model.{f} (saved {a[f]!r}, now {b[f]!r})' for f in a if a[f] != b[f]]
+        diffs.update({f'model.{f}': (a[f], b[f]) for f in a if a[f] != b[f]})
       elif a != b:
-        diffs.append(f'{k} (saved {a!r}, now {b!r})')
+        diffs[k] = (a, b)
     if diffs:
-      raise ValueError(f'{workdir} holds a run with other {", ".join(diffs)}: resume it with its '
-                       f'own config ({saved_path}) or start a new --workdir.')
+      listed = ', '.join(f'{k} (saved {a!r}, now {b!r})' for k, (a, b) in diffs.items())
+      flags = ' '.join(f'--config.{k}={_flag(a)}' for k, (a, _) in diffs.items())
+      raise ValueError(f'{workdir} holds a run with other {listed}. To resume it, rerun with its '
+                       f'values ({flags}; the rest is in {saved_path}), or start a new --workdir.')
   return model_cfg, dc
 
 
 class MetricWriter:
   """One JSON object per logged step in DIR/metrics.jsonl, and TensorBoard event files."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, resumed_step: int = 0):
     from tensorboardX import SummaryWriter  # writes event files without TensorFlow
-    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    _drop_rows_after(path, resumed_step)
+    self.jsonl = open(path, 'a')
     self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step, metrics):
@@ -95,6 +108,27 @@ class MetricWriter:
   def close(self):
     self.jsonl.close()
     self.tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Keeps the rows of metrics.jsonl up to `step`, the checkpoint a run resumes from: a run
+  killed after it logged later steps would otherwise list them twice. A torn last line (a kill
+  mid-write) goes too. Rewritten beside and renamed, so a kill here loses nothing."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if row.get('step', 0) <= step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 class _Stop:
@@ -213,7 +247,7 @@ def train(cfg, workdir: str) -> dict:
   train_step = jax.jit(step_fn, donate_argnums=(0,),
                        out_shardings=(state_shardings, parallel.replicated(mesh)))
   key = jax.random.key(cfg.seed)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start)
   stop = _Stop()
   sampler = None
   last = {}
