@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
 
-from pafukv_jax import checkpoints, conditioning, output_dirs, rollout, sampling, video_io
+from pafukv_jax import checkpoints, conditioning, output_dirs, progress, rollout, sampling, video_io
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.compile_counter import CompileCounter
@@ -231,8 +230,7 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   num_batches = -(-cfg.num_samples // size)
   generated_chunks = rc.num_chunks - rc.context_frames // rc.chunk_frames
   videos, chunk_seconds = [], []
-  bar = tqdm.tqdm(total=num_batches * generated_chunks, unit='chunk', desc=cfg.policy,
-                  disable=None, dynamic_ncols=True)
+  bar = progress.progress(num_batches * generated_chunks, cfg.policy, 'chunk')
   def batch(i):
     """(inputs, context) of batch i."""
     ids = np.arange(i * size, (i + 1) * size) % cfg.num_samples  # pad the last batch

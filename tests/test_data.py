@@ -521,3 +521,21 @@ def test_pipeline_errors():
     Pipeline([], 8)
   with pytest.raises(ValueError, match='number of processes'):
     Pipeline(numbered_source(16), 6, process_index=0, process_count=4)
+
+
+def test_preparing_a_procedural_dataset_says_one_thing(tmp_path, capfd):
+  """TFDS's "Using custom data configuration", "Variant folder ... has no dataset_info.json" and
+  "Downloading and preparing dataset Unknown size" say nothing true of a dataset made here."""
+  from absl import logging as absl_logging
+  from configs import data as data_config
+  from pafukv_jax.data import sources
+  absl_logging.set_verbosity(absl_logging.WARNING)  # as the entry points set it
+  cfg = data_config.get_config('tiny')
+  cfg.data_dir = str(tmp_path)
+  sources.open_source(cfg, 'train')
+  sources.open_source(cfg, 'test')  # prepared: silent
+  out, err = capfd.readouterr()
+  assert out == ''
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 2 and lines[0].startswith('Preparing occluded_objects (16 train + 8 test')
+  assert lines[1].startswith('Prepared occluded_objects in'), lines

@@ -179,6 +179,8 @@ def test_command_line(tmp_path):
            '--config.sampling.timesteps=(1000,500)')
   assert ok.returncode == 0, ok.stderr
   assert json.loads((tmp_path / 'ok' / 'metrics.json').read_text())['policy'] == 'window'
+  # stderr is a pipe, not a terminal: progress comes as lines, with no bar's escape codes
+  assert 'window: started at 0/' in ok.stderr and ', done' in ok.stderr and '\r' not in ok.stderr
   bad = run(f'--workdir={tmp_path}/bad', '--config.policy=lru')
   assert bad.returncode != 0 and "Unknown policy 'lru'" in bad.stderr
   assert 'Traceback' not in bad.stderr

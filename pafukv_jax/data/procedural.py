@@ -15,10 +15,14 @@ Features of every example (the reading side converts `video` to float32 in [-1, 
                                         frames unseen, while it stays in view (see revisit.py)
 """
 
+import contextlib
 import dataclasses
 import inspect
+import io
 import os
+import sys
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -107,6 +111,10 @@ class ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self.check_config(config)
     super().__init__(data_dir=data_dir, config=config, file_format=file_format, version=version)
 
+  def is_prepared(self) -> bool:
+    with quiet_tfds():  # TFDS warns of every variant folder without dataset_info.json
+      return super().is_prepared()
+
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
@@ -164,10 +172,35 @@ def finish_example(frames: np.ndarray, content_ids: np.ndarray, frame_cond: np.n
               revisit_mask=revisit_mask(content_ids, horizon), **extra)
 
 
+@contextlib.contextmanager
+def quiet_tfds():
+  """TFDS's messages about a dataset made here, silenced: "Using custom data configuration",
+  "Variant folder ... has no dataset_info.json", "Downloading and preparing dataset Unknown
+  size" and its progress bars say nothing true of a procedural dataset (`prepare` says what
+  it makes in one line instead). Errors still surface."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logging.set_verbosity(level)
+    tfds.enable_progress_bar()
+
+
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Generates the dataset into its data_dir unless it is there already; returns the builder."""
   if not builder.is_prepared():
     check_writable(os.fspath(builder.data_dir_root))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    c = builder.builder_config
+    print(f'Preparing {builder.name} ({c.train_examples} train + {c.test_examples} test clips of '
+          f'{c.num_frames} frames, {c.height}x{c.width}) in {builder.data_dir} ...',
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with quiet_tfds():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    print(f'Prepared {builder.name} in {time.perf_counter() - start:.1f} s.', file=sys.stderr)
   return builder

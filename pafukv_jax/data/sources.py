@@ -35,7 +35,8 @@ def procedural_builder(cfg: ml_collections.ConfigDict) -> procedural.ProceduralB
       num_frames=cfg.num_frames, height=height, width=width, train_examples=cfg.train_examples,
       test_examples=cfg.test_examples, revisit_horizon=cfg.revisit_horizon, seed=cfg.seed,
       trajectories=cfg.get('trajectories', ''))
-  return PROCEDURAL_BUILDERS[cfg.dataset](data_dir=cfg.data_dir or None, config=config)
+  with procedural.quiet_tfds():
+    return PROCEDURAL_BUILDERS[cfg.dataset](data_dir=cfg.data_dir or None, config=config)
 
 
 def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'

@@ -25,9 +25,8 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
-from pafukv_jax import conditioning, data, generation, output_dirs, rollout, sampling
+from pafukv_jax import conditioning, data, generation, output_dirs, progress, rollout, sampling
 from pafukv_jax.cache import policies
 from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.cache.kv_cache import GRANULARITIES
@@ -294,7 +293,7 @@ class Sweep:
     with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
     results, compare = [], {}
-    with tqdm.tqdm(total=len(todo) + len(cfg.seeds), desc='sweep', unit='run', disable=None) as bar:
+    with progress.progress(len(todo) + len(cfg.seeds), 'sweep', 'run') as bar:
       for seed in cfg.seeds:
         full, full_videos = self.run_one('full', None, seed, None)
         bar.update(1)

@@ -16,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
 from flax import nnx
 
-from pafukv_jax import (checkpoints, conditioning, data, output_dirs, parallel, rollout, sampling,
-                        video_io)
+from pafukv_jax import (checkpoints, conditioning, data, output_dirs, parallel, progress, rollout,
+                        sampling, video_io)
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience import distill
 from pafukv_jax.salience.head import init_head
@@ -252,8 +251,7 @@ def train(cfg, workdir: str) -> dict:
   sampler = None
   last = {}
   end = cfg.get('stop_at_step', 0) or cfg.total_steps  # the schedule is total_steps' either way
-  bar = tqdm.tqdm(total=end, initial=start, desc=cfg.stage, unit='step',
-                  disable=None, dynamic_ncols=True)
+  bar = progress.progress(end, cfg.stage, 'step', initial=start)
   t_log, n_log = time.perf_counter(), 0
   try:
     for step, batch in zip(range(start, end), pipeline.iterate(start)):
