@@ -57,22 +57,34 @@ def check_workdir(workdir: str, overwrite: bool) -> None:
 CONTEXT_SPLITS = ('test', 'train')  # config.context naming a split of config.data
 
 
-def dataset_context(data_cfg, split: str, num_clips: int, num_frames: int) -> dict:
+def dataset_context(data_cfg, split: str, num_clips: int, num_frames: int,
+                    context_frames: int) -> dict:
   """The first num_clips clips (fewer if the split is smaller) of a split of `data_cfg`:
-  {'videos': [N, num_frames, H, W, C] in [-1, 1], and where the dataset has them 'labels' [N],
-  'prompts' [N, L, D] (prompt embeddings) and 'frame_cond' [N, num_frames, D]}."""
+  {'videos': [N, context_frames, H, W, C] in [-1, 1], and where the dataset has them 'labels'
+  [N], 'prompts' [N, L, D] (prompt embeddings) and 'frame_cond' [N, num_frames, D]}. The clips
+  may be shorter than the video: only the context is read from them, and the camera path of the
+  later frames where the camera is still (all frame_cond zero)."""
   from pafukv_jax import data  # tensorflow_datasets is imported only when a dataset is read
-  if data_cfg.num_frames < num_frames:
+  if data_cfg.num_frames < context_frames:
     raise ValueError(f'config.context={split!r}: data.num_frames={data_cfg.num_frames} is shorter '
-                     f'than num_frames={num_frames}; set --config.data.num_frames={num_frames}.')
+                     f'than context_frames={context_frames}; set --config.data.num_frames='
+                     f'{context_frames} or fewer context frames.')
   clips = data.first_clips(data_cfg, split, num_clips)
-  out = dict(videos=clips['video'][:, :num_frames])
+  out = dict(videos=clips['video'][:, :context_frames])
   if 'label' in clips:
     out['labels'] = clips['label'].astype(np.int32)
   if conditioning.PROMPT_KEY in clips:
     out['prompts'] = clips[conditioning.PROMPT_KEY]
   if 'frame_cond' in clips:  # procedural datasets; a folder of videos has no camera motion
-    out['frame_cond'] = clips['frame_cond'][:, :num_frames]
+    cond = clips['frame_cond'][:, :num_frames]
+    missing = num_frames - cond.shape[1]
+    if missing and np.any(cond):
+      raise ValueError(
+          f'config.context={split!r}: the camera moves in these clips, and its path is known for '
+          f'their {cond.shape[1]} frames only, not the {num_frames} generated: set '
+          f'--config.data.num_frames={num_frames} (only the first {num_clips} clips of the '
+          f'{split} split are made for it).')
+    out['frame_cond'] = np.pad(cond, ((0, 0), (0, missing), (0, 0)))  # a still camera stays still
   return out
 
 
@@ -93,7 +105,8 @@ def load_context(cfg, model_cfg: DiTConfig):
                      f'a model with frame_cond_dim > 0), or a split {CONTEXT_SPLITS} of config.data, '
                      'when context_frames > 0 or frame_cond_dim > 0.')
   if cfg.context in CONTEXT_SPLITS:
-    data = dataset_context(cfg.data, cfg.context, cfg.num_samples, cfg.num_frames)
+    data = dataset_context(cfg.data, cfg.context, cfg.num_samples, cfg.num_frames,
+                           cfg.context_frames)
     if len(data['videos']) < cfg.num_samples:
       print(f'generate: the {cfg.context} split has {len(data["videos"])} clips for '
             f'{cfg.num_samples} samples: sample i continues clip i mod {len(data["videos"])}, '

@@ -539,3 +539,61 @@ def test_preparing_a_procedural_dataset_says_one_thing(tmp_path, capfd):
   lines = [line for line in err.splitlines() if line.strip()]
   assert len(lines) == 2 and lines[0].startswith('Preparing occluded_objects (16 train + 8 test')
   assert lines[1].startswith('Prepared occluded_objects in'), lines
+
+
+def _tiny_builder(tmp_path):
+  from configs import data as data_config
+  from pafukv_jax.data import sources
+  cfg = data_config.get_config('tiny')
+  cfg.data_dir = str(tmp_path)
+  return sources.procedural_builder(cfg)
+
+
+def test_a_split_over_tfds_memory_buffer_is_prepared_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills a split larger than its buffer (1 GB) to disk through tf.io.gfile, which dies
+  without TensorFlow; a 1 kB buffer makes the tiny split that large."""
+  from tensorflow_datasets.core import shuffle
+  from pafukv_jax.data import procedural
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 1000)
+  builder = procedural.prepare(_tiny_builder(tmp_path))
+  assert len(builder.as_data_source(split='train')) == 16
+  assert shuffle.MAX_MEM_BUFFER_SIZE == 1000  # restored
+
+
+def test_a_failed_preparation_leaves_nothing_that_breaks_the_next_run(tmp_path, monkeypatch):
+  from pafukv_jax.data import procedural
+  from pafukv_jax.data.occluded_objects import OccludedObjects
+  original = OccludedObjects.__dict__['make_example']
+  make = original.__get__(None, OccludedObjects)
+
+  def failing(*args):
+    if 'test' in args:
+      raise KeyboardInterrupt  # a kill halfway: the train split is written, the test split not
+    return make(*args)
+
+  monkeypatch.setattr(OccludedObjects, 'make_example', staticmethod(failing))
+  with pytest.raises(KeyboardInterrupt):
+    procedural.prepare(_tiny_builder(tmp_path))
+  left = [p for p in tmp_path.rglob('*') if 'downloads' not in p.parts]  # TFDS's, made always
+  assert not [p for p in left if 'incomplete' in p.name] and not [
+      p for p in left if p.is_dir() and not any(p.iterdir())], left
+  monkeypatch.setattr(OccludedObjects, 'make_example', original)
+  builder = procedural.prepare(_tiny_builder(tmp_path))
+  assert len(builder.as_data_source(split='test')) == 8
+
+
+def test_first_clips_prepare_only_what_they_read(tmp_path):
+  """The first clips of a split that is not prepared yet come from a dataset of just those clips
+  (and one of the other split), equal to the full dataset's."""
+  from configs import data as data_config
+  from pafukv_jax.data import sources
+  cfg = data_config.get_config('tiny')
+  cfg.data_dir = str(tmp_path)
+  few = sources.first_clips(cfg, 'test', 3)
+  assert [p.name for p in (tmp_path / 'occluded_objects').iterdir()] == [
+      't8_16x16_train1_test3_n2_seed0']
+  sources.open_source(cfg, 'test')  # the full dataset, as training prepares it
+  full = sources.first_clips(cfg, 'test', 3)  # read from it, now that it exists
+  assert len(list((tmp_path / 'occluded_objects').iterdir())) == 2
+  for name in few:
+    np.testing.assert_array_equal(few[name], full[name])

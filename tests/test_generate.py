@@ -150,9 +150,19 @@ def test_context_from_a_dataset_split(tmp_path):
                                  **{'model.frame_cond_dim': 2, 'label': 1}), str(tmp_path / name))
   load = lambda d: np.load(tmp_path / d / 'samples.npz')['videos']
   np.testing.assert_array_equal(load('split'), load('npz'))
-  with pytest.raises(ValueError, match=r'data\.num_frames=8 is shorter than num_frames=12'):
-    generation.generate(tiny_config(context='test', context_frames=2, num_frames=12),
-                        str(tmp_path / 'long'))
+  # a video longer than the clips: only the context is read from them (and the still camera's
+  # path, zeros, is extended); a moving camera's path is not known past the clip
+  long = override(cfg, context='test', num_frames=12, context_frames=2,
+                  **{'model.frame_cond_dim': 2})
+  generation.generate(long, str(tmp_path / 'long'))
+  videos = np.load(tmp_path / 'long' / 'samples.npz')['videos']
+  assert videos.shape[1] == 12
+  for video, clip in zip(videos, clips):
+    np.testing.assert_allclose(video[:2], clip['video'][:2] / 127.5 - 1.0, atol=1e-6)
+  with pytest.raises(ValueError, match=r'the camera moves in these clips.*data\.num_frames=12'):
+    generation.generate(override(long, **{'data.dataset': 'photo_pan'}), str(tmp_path / 'pan'))
+  with pytest.raises(ValueError, match=r'data\.num_frames=8 is shorter than context_frames=9'):
+    generation.generate(override(long, context_frames=9), str(tmp_path / 'ctx'))
 
 
 def test_context_from_a_folder_of_videos(tmp_path, capsys):

@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -199,8 +200,40 @@ def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
           f'{c.num_frames} frames, {c.height}x{c.width}) in {builder.data_dir} ...',
           file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with quiet_tfds():
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    try:
+      with quiet_tfds(), _shuffle_in_memory(c):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except BaseException:
+      _remove_partial(builder)
+      raise
     print(f'Prepared {builder.name} in {time.perf_counter() - start:.1f} s.', file=sys.stderr)
   return builder
+
+
+@contextlib.contextmanager
+def _shuffle_in_memory(config):
+  """TFDS shuffles a split in memory up to 1 GB and spills a larger one to disk through
+  tf.io.gfile, which needs TensorFlow (a 64-frame photo_pan train split is 1.3 GB). The examples
+  of a procedural split are made in this process and fit in its memory, so the buffer is raised
+  to the split's size while it is written."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  per_clip = config.num_frames * config.height * config.width * 5  # video, mask, encoding
+  default = shuffle.MAX_MEM_BUFFER_SIZE
+  shuffle.MAX_MEM_BUFFER_SIZE = max(default, 2 * per_clip * max(config.train_examples,
+                                                                config.test_examples))
+  try:
+    yield
+  finally:
+    shuffle.MAX_MEM_BUFFER_SIZE = default
+
+
+def _remove_partial(builder) -> None:
+  """What a failed or interrupted preparation leaves (TFDS's `incomplete.*` folder, an empty
+  version folder), removed: the next run then prepares the dataset afresh."""
+  version_dir = epath.Path(builder.data_dir)
+  for partial in version_dir.parent.glob('incomplete.*'):
+    shutil.rmtree(partial, ignore_errors=True)
+  for folder in (version_dir, version_dir.parent, version_dir.parent.parent):  # .../name/config/v
+    if folder.is_dir() and not any(folder.iterdir()):
+      folder.rmdir()

@@ -83,11 +83,24 @@ def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'
 def first_clips(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> dict[str, np.ndarray]:
   """The first num_clips examples of cfg's `split` (fewer if it is smaller), each feature stacked
   over clips; `video` as float32 in [-1, 1]."""
-  source = open_source(cfg, split)
+  source = open_source(_only_what_is_read(cfg, split, num_clips), split)
   rows = [source[i] for i in range(min(num_clips, len(source)))]
   clips = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
   clips['video'] = pipeline.uint8_to_float(clips['video'])
   return clips
+
+
+def _only_what_is_read(cfg, split: str, num_clips: int):
+  """cfg, or where its procedural dataset is not prepared yet, the same dataset with only the
+  clips that are read: example i of a split is the same at any split size (it is a function of
+  seed, split and i), so the first num_clips of a test split need no 5,000 training clips."""
+  if cfg.dataset not in PROCEDURAL_BUILDERS or procedural_builder(cfg).is_prepared():
+    return cfg
+  small = cfg.copy_and_resolve_references()
+  other = 'train' if split == 'test' else 'test'
+  small[f'{split}_examples'] = min(int(cfg[f'{split}_examples']), max(1, num_clips))
+  small[f'{other}_examples'] = 1
+  return small
 
 
 def make_pipeline(cfg: ml_collections.ConfigDict, split: str = 'train', *, mesh=None,
