@@ -171,6 +171,12 @@ class TrainCheckpoints:
         item_handlers=dict(state=ocp.StandardCheckpointHandler(),
                            meta=ocp.JsonCheckpointHandler()))
 
+  @classmethod
+  def exist_in(cls, workdir: str) -> bool:
+    """Whether `workdir` holds a saved step (cheap: no manager is built)."""
+    directory = os.path.join(workdir, cls.SUBDIR)
+    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+
   def _saved_tree(self, step):
     return self.manager.item_metadata(step)['state'].tree
 

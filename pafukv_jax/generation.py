@@ -129,6 +129,10 @@ def load_context(cfg, model_cfg: DiTConfig):
   if need_cond:
     cond = data['frame_cond'] if 'frame_cond' in data else None
     want = (cfg.num_frames, model_cfg.frame_cond_dim)
+    if cond is None and cfg.context in CONTEXT_SPLITS:  # a dataset without camera motion
+      logging.warning(f'The {cfg.context} clips of data.dataset={cfg.data.dataset!r} carry no '
+                      'camera motion (frame_cond): generating with a still camera (frame_cond = 0).')
+      cond = np.zeros((len(data['videos']), *want), np.float32)
     if cond is None or cond.ndim != 3 or cond.shape[1:] != want:
       raise ValueError(f'{cfg.context}: `frame_cond` must be [N, {want[0]}, {want[1]}], '
                        f'got {None if cond is None else cond.shape}.')

@@ -6,8 +6,9 @@
     ...
 
 Modules: revisit (the revisited-content mask), procedural (shared builder parts),
-occluded_objects and photo_pan (the TFDS builders), folder (a folder of videos), tfds_video (a
-prepared TFDS dataset by name), sources (config -> dataset), pipeline (batches on a mesh).
+occluded_objects and photo_pan (the TFDS builders), folder (a folder of videos), latents (a folder
+of .npz clips: VAE latents, prompt embeddings), tfds_video (a prepared TFDS dataset by name),
+sources (config -> dataset), pipeline (batches on a mesh).
 """
 
 from pafukv_jax.data.occluded_objects import OccludedObjects
@@ -15,4 +16,4 @@ from pafukv_jax.data.photo_pan import PhotoPan
 from pafukv_jax.data.pipeline import Pipeline, uint8_to_float
 from pafukv_jax.data.procedural import prepare, procedural_config
 from pafukv_jax.data.revisit import revisit_mask
-from pafukv_jax.data.sources import first_clips, make_pipeline, open_source
+from pafukv_jax.data.sources import first_clips, frame_cond_dim, make_pipeline, open_source

@@ -10,6 +10,7 @@ config.dataset picks the source:
 """
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -78,6 +79,21 @@ def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'
                                 tuple(cfg.image_size), video_key=cfg.get('video_key') or None)
   raise ValueError(f'Unknown dataset {name!r}: use one of {sorted(PROCEDURAL_BUILDERS)}, '
                    "'folder' or 'latents' (with data.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
+
+
+def frame_cond_dim(cfg: ml_collections.ConfigDict) -> int | None:
+  """The width of the dataset's per-frame `frame_cond` (0: it has none), known without reading
+  its clips; None where that cannot be told (an unknown dataset name, errors come later)."""
+  if cfg.dataset in PROCEDURAL_BUILDERS:
+    return 2  # (dx, dy) camera motion
+  if cfg.dataset == 'folder' or cfg.dataset.startswith('tfds:'):
+    return 0
+  if cfg.dataset == 'latents' and cfg.get('folder'):
+    files = sorted(Path(cfg.folder).expanduser().rglob('*.npz'))
+    if files:
+      shape = latents.npz_shapes(files[0]).get('frame_cond')
+      return 0 if shape is None else int(shape[-1])
+  return None
 
 
 def first_clips(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -70,7 +71,9 @@ def check_config(cfg, workdir):
   dc = distill.check_config(cfg) if cfg.stage == 'salience' else None
   output_dirs.check_writable(workdir)
   saved_path = os.path.join(workdir, 'config.json')
-  if os.path.exists(saved_path):
+  # a run that stopped before its first checkpoint left nothing to resume: its config.json does
+  # not bind the corrected run (which rewrites it)
+  if os.path.exists(saved_path) and checkpoints.TrainCheckpoints.exist_in(workdir):
     with open(saved_path) as f:
       saved = ml_collections.ConfigDict(json.load(f))
     diffs = {}  # field: (saved, now)
@@ -203,9 +206,27 @@ def model_source(cfg) -> str:
       cfg.stage, '') or ''
 
 
+def follow_dataset(cfg) -> list[str]:
+  """Sets model.frame_cond_dim to what the dataset gives (2: a procedural dataset's camera
+  motion, the width of a latent folder's `frame_cond`, 0: videos, TFDS); returns
+  'frame_cond_dim=D' if that changed it. A model cannot be conditioned on what its data lacks."""
+  width = data.frame_cond_dim(cfg.data)
+  if width is None or width == cfg.model.frame_cond_dim:
+    return []
+  with cfg.unlocked():
+    cfg.model.frame_cond_dim = width
+    if width == 0 and cfg.model.get('rope_positions') == 'world':
+      cfg.model.rope_positions = 'grid'  # world positions read the camera from frame_cond
+  return [f'frame_cond_dim={width}']
+
+
 def train(cfg, workdir: str) -> dict:
   """Runs (or resumes) one stage; returns the metrics of the last logged step."""
   # -- check: everything that can be wrong is found before any work -----------------------------
+  followed = follow_dataset(cfg)
+  if followed:
+    print(f'{cfg.stage}: model.{followed[0]}, as data.dataset={cfg.data.dataset!r} gives.',
+          file=sys.stderr)
   model_cfg, dc = check_config(cfg, workdir)
   parallel.maybe_initialize_distributed(cfg.multihost)
   mesh = parallel.make_mesh(cfg.mesh)
@@ -237,7 +258,7 @@ def train(cfg, workdir: str) -> dict:
     state, meta = ckpt.restore(abstract)
     start = int(meta['step'])
     print(f'Resumed {workdir} from step {start}.')
-  if jax.process_index() == 0 and not os.path.exists(os.path.join(workdir, 'config.json')):
+  if jax.process_index() == 0 and resume is None:  # a fresh run: its config, written once
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(cfg.to_json_best_effort(indent=2))
 
