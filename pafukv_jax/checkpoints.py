@@ -10,10 +10,12 @@ weights when the run kept them), so generation and later stages take either.
 import dataclasses
 import json
 import os
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 from pafukv_jax.models.dit import DiTConfig
@@ -159,6 +161,35 @@ def load_params(path: str, model: nnx.Module) -> nnx.Module:
   return model
 
 
+def _unreadable_json(step_dir) -> list[str]:
+  """The metadata files of a step that do not parse as JSON (orbax's are JSON)."""
+  bad = []
+  for folder, _, files in os.walk(step_dir):
+    for name in files:
+      if name in ('metadata', '_METADATA', '_CHECKPOINT_METADATA', '_sharding'):
+        path = os.path.join(folder, name)
+        try:
+          with open(path) as f:
+            json.load(f)
+        except (ValueError, OSError):
+          bad.append(path)
+  return sorted(bad)
+
+
+def _broken_message(directory, broken) -> str:
+  """'step N: Error: first line', with the file the error names where it names one."""
+  lines = []
+  for step, e in broken:
+    while e.__cause__ is not None:  # orbax wraps tensorstore's error, which names the file
+      e = e.__cause__
+    text = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    where = os.path.join(directory, str(step))
+    if isinstance(e, json.JSONDecodeError):  # the error names no file: find the JSON that fails
+      where = ', '.join(_unreadable_json(where)) or where
+    lines.append(f'  step {step} ({where}): {type(e).__name__}: {text[:300]}')
+  return f'Checkpoints of {directory} that do not restore:\n' + '\n'.join(lines)
+
+
 class TrainCheckpoints:
   """The checkpoints of one training workdir: `state` (a pytree) and `meta` (JSON) per step."""
   SUBDIR = 'checkpoints'
@@ -188,6 +219,43 @@ class TrainCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
+  def restore_newest_good(self, abstract_state):
+    """(state, meta) of the newest step that restores. A step that does not (a truncated array
+    file, an emptied metadata file) is named, moved to WORKDIR/broken_checkpoints/ and the next
+    older one tried; a shape mismatch is the config's fault and raised at once. With no step
+    left, a ValueError says how to start afresh."""
+    broken = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        tree = self._saved_tree(step)
+      except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore raise anything)
+        broken.append((step, e))
+        continue
+      check_shapes(tree, abstract_state, f'checkpoint {self.directory} step {step}')
+      try:
+        out = self.restore(abstract_state, step)
+      except Exception as e:  # pylint: disable=broad-except
+        broken.append((step, e))
+        continue
+      if broken:
+        message = _broken_message(self.directory, broken)  # before they move: it names files
+        self._set_aside([b for b, _ in broken])
+        logging.warning('%s', message + f'\nResumed from step {step} instead; the broken steps '
+                        f'are in {self._aside_dir()}.')
+      return out
+    raise ValueError(_broken_message(self.directory, broken) + '\nNo step restores. To start '
+                     f'afresh, move them aside: mv {self.directory} {self.directory}.broken')
+
+  def _aside_dir(self):
+    return os.path.join(os.path.dirname(self.directory), 'broken_checkpoints')
+
+  def _set_aside(self, steps):
+    os.makedirs(self._aside_dir(), exist_ok=True)
+    for step in steps:
+      os.replace(os.path.join(self.directory, str(step)),
+                 os.path.join(self._aside_dir(), f'{step}.{int(time.time())}'))
+    self.manager.reload()
+
   def restore(self, abstract_state, step=None):
     """(state, meta) of `step` (default latest), laid out as abstract_state's shardings say."""
     step = self.latest_step() if step is None else step
@@ -198,16 +266,32 @@ class TrainCheckpoints:
     return out['state'], out['meta']
 
   def restore_params(self, params_like, fields: str = 'model.*'):
-    """Model parameters of the latest step (EMA if kept), shaped like `params_like`."""
-    step = self.latest_step()
-    if step is None:
+    """Model parameters of the newest step that restores (EMA if kept), shaped like
+    `params_like`; a broken newer step is named (and left where it is: this only reads)."""
+    if self.latest_step() is None:
       raise FileNotFoundError(f'{self.directory} holds no checkpoint yet.')
-    saved = self._saved_tree(step)
-    key = 'ema' if saved.get('ema') else 'params'
-    check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})',
-                 fields)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))  # as saved: the teacher is read, never re-saved
+    broken = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = self._saved_tree(step)
+      except Exception as e:  # pylint: disable=broad-except
+        broken.append((step, e))
+        continue
+      key = 'ema' if saved.get('ema') else 'params'
+      check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})',
+                   fields)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))  # as saved: the teacher is read, never re-saved
+      except Exception as e:  # pylint: disable=broad-except
+        broken.append((step, e))
+        continue
+      break
+    else:
+      raise ValueError(_broken_message(self.directory, broken) + '\nNo step restores: retrain, '
+                       'or point at another checkpoint.')
+    if broken:
+      logging.warning('%s', _broken_message(self.directory, broken) + f'\nRead step {step}.')
     # on the host, then where a fresh model's parameters are: restored with the shardings of the
     # training mesh, a rollout's state and its outputs were placed apart and the chunk step
     # compiled twice (the second time at chunk 2)

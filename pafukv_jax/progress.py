@@ -41,6 +41,9 @@ class _Lines:
   def set_postfix(self, **values):
     self.postfix = ' '.join(f'{k}={v}' for k, v in values.items())
 
+  def set_postfix_str(self, text):
+    self.postfix = str(text)
+
   def close(self):
     if not self.closed:  # once, however it is closed
       self.closed = True

@@ -3,7 +3,6 @@ dataset, generation continues folder clips with any student, and a run that fail
 first checkpoint does not lock its workdir against the corrected run."""
 
 import importlib
-import json
 
 import numpy as np
 import pytest
@@ -35,11 +34,21 @@ def _teacher(videos, **overrides):
 
 
 def test_a_teacher_trains_on_a_folder_and_a_student_continues_its_clips(videos, tmp_path, capsys):
-  cfg = _teacher(videos)
+  """Also: the first attempt fails before its first checkpoint (a bad learning rate), and the
+  corrected run, with another model, is not bound by the config.json it left."""
+  work = tmp_path / 'teacher'
+  with pytest.raises(FloatingPointError):  # non-finite at the first log, nothing saved
+    loop.train(_teacher(videos, **{'optimizer.learning_rate': float('nan')}), str(work))
+  assert (work / 'config.json').exists() and not (work / 'checkpoints').exists()
+  cfg = _teacher(videos, **{'model.dim': 48})
   assert cfg.model.frame_cond_dim == 2  # the config's default, for the procedural datasets
-  loop.train(cfg, str(tmp_path / 'teacher'))
+  loop.train(cfg, str(work))
   assert 'model.frame_cond_dim=0, as data.dataset=\'folder\' gives' in capsys.readouterr().err
-  assert checkpoints.saved_config(str(tmp_path / 'teacher'))['model']['frame_cond_dim'] == 0
+  saved = checkpoints.saved_config(str(work))
+  assert saved['model']['frame_cond_dim'] == 0 and saved['model']['dim'] == 48
+  assert np.isfinite(saved['optimizer']['learning_rate'])
+  with pytest.raises(ValueError, match='holds a run with other model.dim'):  # now it is bound
+    loop.train(_teacher(videos), str(work))
   # a student with frame_cond (trained on photo_pan, say) continues folder clips, camera still
   gen = tiny_config(context='test', context_frames=2, policy='full',
                     **{'data.dataset': 'folder', 'data.folder': str(videos),
@@ -49,14 +58,3 @@ def test_a_teacher_trains_on_a_folder_and_a_student_continues_its_clips(videos, 
   from pafukv_jax import data
   first = data.first_clips(gen.data, 'test', 2)['video']
   np.testing.assert_allclose(out[:, :2], first[:, :2], atol=1e-6)
-
-
-def test_a_run_that_failed_before_its_first_checkpoint_does_not_lock_its_workdir(videos, tmp_path):
-  with pytest.raises(FloatingPointError):  # a bad learning rate: non-finite at the first log
-    loop.train(_teacher(videos, **{'optimizer.learning_rate': float('nan')}), str(tmp_path))
-  assert (tmp_path / 'config.json').exists() and not (tmp_path / 'checkpoints').exists()
-  loop.train(_teacher(videos, **{'model.dim': 48}), str(tmp_path))  # corrected, and changed
-  saved = json.loads((tmp_path / 'config.json').read_text())
-  assert saved['model']['dim'] == 48 and np.isfinite(saved['optimizer']['learning_rate'])
-  with pytest.raises(ValueError, match='holds a run with other model.dim'):  # now it is bound
-    loop.train(_teacher(videos, **{'model.dim': 32}), str(tmp_path))

@@ -19,12 +19,13 @@ def test_lines_without_a_terminal(capsys):
 def test_periodic_lines_are_rate_limited_and_a_stopped_job_says_so(capsys):
   bar = progress.progress(100, 'sweep', 'run', every=3600.0, tty=False)
   for _ in range(10):
+    bar.set_postfix_str('window_b2_s0')
     bar.update()
   bar.close()
   bar.close()
   lines = capsys.readouterr().err.splitlines()
   assert len(lines) == 2 and lines[-1].startswith('sweep: 10/100 runs') and lines[-1].endswith(
-      ', stopped')
+      'window_b2_s0, stopped')
 
 
 def test_a_terminal_gets_a_bar():

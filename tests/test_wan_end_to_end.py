@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
+
+from pafukv_jax import generation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures', 'wan')
@@ -50,13 +53,18 @@ def test_self_forcing_checkpoint_generates_from_prompt_embeddings(weights, tmp_p
   assert metrics['compiles_by_function'] == {'encode_condition': 1, 'chunk_step': 1}
   manifest = json.load(open(tmp_path / 'full' / 'manifest.json'))
   assert [m['prompt_row'] for m in manifest] == [0, 1, 0]
-  # the full cache is the exact reference: recompute, which reruns every chunk's whole context
-  _, recompute = _generate(weights, tmp_path / 'recompute', tmp_path / 'prompts.npz', 'recompute')
-  np.testing.assert_allclose(full, recompute, atol=2e-4)
-  # the prompt reaches the model: another prompt, other videos from the same noise
+  # the same config in this process (the library behind generate.py): the full cache is the
+  # exact reference, recompute, which reruns every chunk's whole context; and the prompt
+  # reaches the model: another prompt, other videos from the same noise
+  cfg = json.load(open(tmp_path / 'full' / 'config.json'))
+
+  def again(name, **changes):
+    generation.generate(ml_collections.ConfigDict({**cfg, **changes}), str(tmp_path / name))
+    return np.load(tmp_path / name / 'samples.npz')['videos']
+
+  np.testing.assert_allclose(again('recompute', policy='recompute'), full, atol=2e-4)
   np.savez(tmp_path / 'other.npz', prompt_embedding=rng.normal(size=(2, 5, TEXT_DIM)))
-  _, other = _generate(weights, tmp_path / 'other', tmp_path / 'other.npz')
-  assert np.abs(other - full).mean() > 1e-3
+  assert np.abs(again('other', prompts=str(tmp_path / 'other.npz')) - full).mean() > 1e-3
 
 
 def test_generate_refuses_a_prompt_model_without_prompts(weights, tmp_path):

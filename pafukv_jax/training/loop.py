@@ -255,7 +255,7 @@ def train(cfg, workdir: str) -> dict:
   if resume is not None:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             state)
-    state, meta = ckpt.restore(abstract)
+    state, meta = ckpt.restore_newest_good(abstract)
     start = int(meta['step'])
     print(f'Resumed {workdir} from step {start}.')
   if jax.process_index() == 0 and resume is None:  # a fresh run: its config, written once
