@@ -36,10 +36,11 @@ def main(argv):
   if FLAGS.config.mode != 'rollout':
     print(f'mode={FLAGS.config.mode}: every chunk predicted from noise level '
           f'{FLAGS.config.noise_level:g} over a cache of the true frames')
-  print(f'{"policy":12s} {"budget":>6s} {"memory":>7s} {"PSNR gt":>8s} {"PSNR full":>9s} '
-        f'{"SSIM gt":>7s} {"ms/frame":>8s} {"cache KiB":>9s}')
+  print(f'{"policy":12s} {"budget":>6s} {"memory":>7s} {"consist.":>8s} {"PSNR gt":>8s} '
+        f'{"PSNR full":>9s} {"SSIM gt":>7s} {"ms/frame":>8s} {"cache KiB":>9s}')
   for r in rows:
     print(f'{r["policy"]:12s} {_fmt(r["budget_frames"], ">6d")} {_fmt(r["memory_psnr"], "7.2f")} '
+          f'{_fmt(r.get("revisit_consistency"), "8.2f")} '
           f'{_fmt(r["psnr_gt"], "8.2f")} {_fmt(r["psnr_full"], "9.2f")} '
           f'{_fmt(r["ssim_gt"], "7.3f")} {1000 * r["seconds_per_frame"]:8.1f} '
           f'{r["cache_bytes_per_sample"] / 1024:9.1f}')

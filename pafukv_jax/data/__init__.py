@@ -16,4 +16,5 @@ from pafukv_jax.data.photo_pan import PhotoPan
 from pafukv_jax.data.pipeline import Pipeline, uint8_to_float
 from pafukv_jax.data.procedural import prepare, procedural_config
 from pafukv_jax.data.revisit import revisit_mask
-from pafukv_jax.data.sources import first_clips, frame_cond_dim, make_pipeline, open_source
+from pafukv_jax.data.sources import (first_clips, frame_cond_dim, make_pipeline, open_source,
+                                     static_scene)

@@ -154,6 +154,7 @@ class PhotoPan(procedural.ProceduralBuilder):
   (dx, dy) in pixels since the previous frame. photo_index: the photograph, in PHOTOS."""
 
   make_example = staticmethod(make_example)
+  STATIC_SCENE = True
 
   @classmethod
   def check_config(cls, config):

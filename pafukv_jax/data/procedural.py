@@ -99,6 +99,9 @@ class ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First release.'}
+  # True: a still scene seen through a moving camera (frame_cond), so a pixel's scene point is
+  # its position plus the camera's and revisits can be scored against the video's own frames
+  STATIC_SCENE = False
   # No predefined configs: every size is a custom config named after its fields.
 
   def __init__(self, *, data_dir: str | None = None, config: ProceduralConfig | None = None,

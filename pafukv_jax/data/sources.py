@@ -81,6 +81,11 @@ def open_source(cfg: ml_collections.ConfigDict, split: str = 'train'
                    "'folder' or 'latents' (with data.folder) or 'tfds:NAME' (a prepared TFDS dataset).")
 
 
+def static_scene(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the dataset is a still scene seen by a moving camera (photo_pan)."""
+  return cfg.dataset in PROCEDURAL_BUILDERS and PROCEDURAL_BUILDERS[cfg.dataset].STATIC_SCENE
+
+
 def frame_cond_dim(cfg: ml_collections.ConfigDict) -> int | None:
   """The width of the dataset's per-frame `frame_cond` (0: it has none), known without reading
   its clips; None where that cannot be told (an unknown dataset name, errors come later)."""

@@ -4,6 +4,9 @@ Each run is scored on its generated frames (those after `context_frames`) agains
   * the `full` rollout with the same noise: fidelity to the uncapped model (PSNR, SSIM);
   * the ground truth: PSNR, SSIM, and the memory score, PSNR on the revisited-content mask only
     (pooled over a clip's masked pixels): does the model bring back what it saw long ago?
+  * itself (photo_pan rollouts): the revisit consistency, PSNR of the revisited pixels against the
+    video's own frame that last showed them: content the model made up before the camera left
+    has no ground truth, but should come back as it was.
 Runs are then aggregated into one row per (policy, budget), and the memory score is compared
 between policies clip by clip (`paired_memory`). Rows are in the order of POLICIES.
 """
@@ -13,7 +16,7 @@ import numpy as np
 from pafukv_jax.cache.policies import POLICIES
 from pafukv_jax.evaluation import video_metrics
 
-METRICS = ('memory_psnr', 'psnr_gt', 'ssim_gt', 'psnr_full', 'ssim_full')
+METRICS = ('memory_psnr', 'psnr_gt', 'ssim_gt', 'psnr_full', 'ssim_full', 'revisit_consistency')
 
 
 def split_variant(spec):
@@ -23,8 +26,10 @@ def split_variant(spec):
   return policy, granularity or None
 
 
-def score_run(videos, full, clips, context_frames):
-  """Per-clip, per-generated-frame metrics [N, T - context] and the pooled memory score [N]."""
+def score_run(videos, full, clips, context_frames, static_scene=False):
+  """Per-clip, per-generated-frame metrics [N, T - context], the pooled memory score [N] and,
+  for a still scene seen by a moving camera (`static_scene`, rollouts), the revisit consistency
+  [N]: the generated revisited pixels against the video's own frame that last showed them."""
   gen, ref, gt = (np.asarray(v[:, context_frames:]) for v in (videos, full, clips['video']))
   mask = clips['revisit_mask'][:, context_frames:]
   per_frame = dict(psnr_gt=video_metrics.psnr(gen, gt), ssim_gt=video_metrics.ssim(gen, gt),
@@ -32,6 +37,13 @@ def score_run(videos, full, clips, context_frames):
                    memory_psnr_frame=video_metrics.masked_psnr(gen, gt, mask))
   out = {k: _finite_or_none(v) for k, v in per_frame.items()}
   out['memory_psnr'] = _finite_or_none(video_metrics.pooled_masked_psnr(gen, gt, mask))
+  out['revisit_consistency'] = None
+  if static_scene and 'frame_cond' in clips:
+    camera = np.cumsum(np.asarray(clips['frame_cond'], np.float64)[..., :2], axis=1)
+    frames = range(context_frames, np.shape(videos)[1])
+    out['revisit_consistency'] = _finite_or_none([
+        video_metrics.revisit_consistency(v, np.round(c), m, frames)
+        for v, c, m in zip(np.asarray(videos), camera, clips['revisit_mask'])])
   return out
 
 
@@ -51,7 +63,8 @@ def aggregate(results):
   for (policy, budget), runs in groups.items():
     row = dict(policy=policy, budget_frames=budget, seeds=len(runs))
     for metric in METRICS:
-      values = np.concatenate([np.ravel(np.asarray(r[metric], np.float64)) for r in runs])
+      # r.get: runs saved before a metric existed lack it
+      values = np.concatenate([np.ravel(np.asarray(r.get(metric), np.float64)) for r in runs])
       values = values[np.isfinite(values)]  # None (stored for NaN / inf) reads back as NaN
       self_reference = policy == 'full' and metric.endswith('_full')
       row[metric] = float(np.mean(values)) if values.size and not self_reference else None

@@ -277,7 +277,9 @@ class Sweep:
                   run_key=self.run_key(policy, budget, seed),
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
-                  **scores.score_run(videos, reference, self.clips, self.cfg.context_frames))
+                  **scores.score_run(videos, reference, self.clips, self.cfg.context_frames,
+                                     self.cfg.mode == 'rollout' and data.static_scene(
+                                         self.cfg.data)))
     report.atomic(path + '.npz', lambda p: np.savez(p, videos=videos))
     report.atomic(path + '.json', lambda p: report.dump_json(p, result))
     return result, videos

@@ -18,6 +18,7 @@ import functools
 import dm_pix
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SSIM_WINDOW = 11  # Gaussian window, sigma 1.5: skimage's gaussian_weights=True with truncate=3.5.
 
@@ -117,3 +118,52 @@ def nanmean_over_frames(per_frame, axis: int = -1):
   `pooled_masked_psnr` next to it when that can happen.
   """
   return jnp.nanmean(jnp.asarray(per_frame), axis=axis)
+
+
+def revisit_references(camera, mask):
+  """For a static scene seen through a moving camera, the frame that last showed each revisited
+  pixel's scene point before its return: [T, H, W] int, -1 where mask is False.
+
+  camera [T, 2] integer (x, y) positions of frame t's top-left corner in the scene (the cumulative
+  frame_cond); mask [T, H, W] the revisit mask, whose runs begin where a scene point returns after
+  a gap. Pixel (t, y, x) shows scene point (y + cam_y[t], x + cam_x[t]).
+  """
+  camera = np.asarray(camera, np.int64)
+  t_len, h, w = np.shape(mask)
+  low = camera.min(0)
+  cam = camera - low                            # >= 0: canvas coordinates
+  span = cam.max(0) + (w, h)
+  last_seen = np.full((span[1], span[0]), -1, np.int64)
+  run_ref = np.full_like(last_seen, -1)         # the sighting before each point's current run
+  out = np.full((t_len, h, w), -1, np.int64)
+  for t in range(t_len):
+    x, y = cam[t]
+    view = (slice(y, y + h), slice(x, x + w))
+    starts = last_seen[view] != t - 1
+    run_ref[view] = np.where(starts, last_seen[view], run_ref[view])
+    last_seen[view] = t
+    out[t] = np.where(np.asarray(mask[t], bool), run_ref[view], -1)
+  return out
+
+
+def revisit_consistency(video, camera, mask, frames=None):
+  """PSNR of a video's revisited pixels against the same scene points in the video's own frame
+  that last showed them (`revisit_references`): does what comes back match what it showed
+  before? It needs no ground truth, so it scores generated content too (world-model work
+  measures this). video [T, H, W, C] in [-1, 1]; camera [T, 2]; mask [T, H, W]; `frames`: only
+  these frame indices count (e.g. the generated ones). NaN without a revisited pixel."""
+  video = np.asarray(video, np.float64)
+  ref = revisit_references(camera, mask)
+  if frames is not None:
+    keep = np.zeros(len(ref), bool)
+    keep[np.asarray(frames)] = True
+    ref = np.where(keep[:, None, None], ref, -1)
+  t, y, x = np.nonzero(ref >= 0)
+  if not t.size:
+    return np.nan
+  a = ref[t, y, x]
+  camera = np.asarray(camera, np.int64)
+  ya = y + camera[t, 1] - camera[a, 1]
+  xa = x + camera[t, 0] - camera[a, 0]
+  mse = np.mean((video[t, y, x] - video[a, ya, xa]) ** 2)
+  return float(10 * np.log10(4.0 / mse)) if mse > 0 else np.inf  # peak-to-peak 2 in [-1, 1]
