@@ -41,8 +41,14 @@ def write_gif(path: str, video: np.ndarray, fps: int = 8, scale: int = 1) -> Non
   images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
-def side_by_side(videos: dict, scale: int = 1) -> np.ndarray:
+GIVEN_COLOUR, GENERATED_COLOUR = (200, 200, 200), (255, 150, 40)  # the frame strip's text
+
+
+def side_by_side(videos: dict, scale: int = 1, given_frames: int | None = None) -> np.ndarray:
   """Panels left to right in dict order, each labelled with its name: uint8 [T, H', W', 3].
+
+  given_frames: with a number, a strip under the panels says of every frame whether it was
+  given (the context, grey) or generated (orange), and its index.
 
   videos: {name: [T, H, W, C] float in [-1, 1] (C = 1 or 3)}, all of one T, H and W. Each panel is
   upscaled by `scale` (nearest) under a black strip with its name in white (PIL's default font,
@@ -76,7 +82,18 @@ def side_by_side(videos: dict, scale: int = 1) -> np.ndarray:
     ImageDraw.Draw(strip).text((LABEL_MARGIN, LABEL_MARGIN), name, fill=(255, 255, 255), font=font)
     strip = np.broadcast_to(np.asarray(strip), (num_frames, strip_height, width, 3))
     columns.append(np.concatenate([strip, frames], axis=1))
-  return np.concatenate(columns, axis=2)
+  out = np.concatenate(columns, axis=2)
+  if given_frames is None:
+    return out
+  below = np.zeros((num_frames, strip_height, out.shape[2], 3), np.uint8)
+  for t in range(num_frames):
+    given = t < given_frames
+    text = f'frame {t + 1}/{num_frames}: {"given" if given else "generated"}'
+    image = Image.new('RGB', (out.shape[2], strip_height))
+    ImageDraw.Draw(image).text((LABEL_MARGIN, LABEL_MARGIN), text, font=font,
+                               fill=GIVEN_COLOUR if given else GENERATED_COLOUR)
+    below[t] = np.asarray(image)
+  return np.concatenate([out, below], axis=1)
 
 
 def write_video(path: str, frames: np.ndarray, fps: int = 8) -> None:

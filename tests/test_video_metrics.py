@@ -167,6 +167,32 @@ def test_side_by_side_panels_equal_upscaled_inputs():
     video_io.side_by_side({'a': videos['fifo'], 'b': videos['fifo'][:2]}, scale=1)
 
 
+def test_side_by_side_marks_given_and_generated_frames():
+  videos = {'full': np.zeros((4, 8, 8, 3)), 'window 2f': np.zeros((4, 8, 8, 3))}
+  plain = video_io.side_by_side(videos, scale=4)
+  marked = video_io.side_by_side(videos, scale=4, given_frames=2)
+  strip = marked.shape[1] - plain.shape[1]
+  np.testing.assert_array_equal(marked[:, :plain.shape[1]], plain)
+  below = marked[:, plain.shape[1]:]
+  assert strip > 0 and below.shape[2] == plain.shape[2]
+  for t, frame in enumerate(below.reshape(4, -1, 3).astype(int)):  # the text: grey, then orange
+    text = frame[frame.sum(1) > 0]
+    assert len(text)
+    orange = np.any(text[:, 0] - text[:, 2] > 50)  # (anti-aliased: compare channels, not values)
+    assert orange == (t >= 2) and (orange or np.all(text[:, 0] == text[:, 2]))
+  assert not np.array_equal(below[2], below[3])  # each frame says its own index
+
+
+def test_a_policy_has_one_colour_in_every_plot():
+  from pafukv_jax.evaluation import plots
+  style = plots.series_style
+  assert style('window')['color'] == style('window 4f')['color'] == style('window@frame')['color']
+  assert style('full')['color'] == style('full (whole video)')['color']
+  assert style('window@frame')['linestyle'] == '--' and 'linestyle' not in style('window')
+  from pafukv_jax.cache.policies import POLICIES
+  assert len({style(p)['color'] for p in POLICIES}) == len(POLICIES)
+
+
 # ffmpeg runs in a subprocess (fork, then exec at once), which JAX warns about needlessly.
 @pytest.mark.filterwarnings('ignore:os.fork')
 def test_write_video_round_trips_frame_count(tmp_path):

@@ -93,7 +93,8 @@ def _videos(video_dir, cfg, compare, clips_video):
       video = clips_video[i] if name == GROUND_TRUTH else compare[name][i]
       label = name if name in (GROUND_TRUTH, 'full') else f'{name} {cfg.compare_budget}f'
       panels[label] = video
-    frames = video_io.side_by_side(panels, scale=cfg.video.scale)
+    frames = video_io.side_by_side(panels, scale=cfg.video.scale,
+                                   given_frames=cfg.context_frames)
     video_io.write_video(os.path.join(video_dir, f'side_by_side_{i:02d}.gif'), frames,
                          fps=cfg.video.fps)
 
