@@ -26,8 +26,10 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_list('meshes', ['1x1', '8x1', '1x8', '64x1', '8x8', '1x64'],
                   'Meshes as DATAxFSDP (devices = their product).')
-flags.DEFINE_list('budgets', ['6', '9', '12', '21'], 'KV cache budgets in frames (21: a whole clip).')
-flags.DEFINE_integer('frames', 21, 'Latent frames of the clip the teacher pass sees (21 = 81 video frames).')
+flags.DEFINE_list('budgets', ['6', '9', '12', '21'],
+                  'KV cache budgets in frames (21: a whole clip).')
+flags.DEFINE_integer('frames', 21,
+                     'Latent frames of the clip the teacher pass sees (21 = 81 video frames).')
 flags.DEFINE_integer('query_chunk', 1024, 'model.attention_query_chunk of the teacher pass.')
 flags.DEFINE_string('out', 'benchmarks/results/wan_memory.json', 'Where to write the JSON.')
 flags.DEFINE_string('child', '', 'Internal: measure these meshes in this process and print JSON.')

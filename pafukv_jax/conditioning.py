@@ -33,9 +33,9 @@ def from_batch(batch, model_cfg):
   cond = batch[PROMPT_KEY]
   want = (model_cfg.num_cond_tokens, model_cfg.cond_dim)
   if tuple(cond.shape[1:]) != want:
-    raise ValueError(f'The batch\'s {PROMPT_KEY} are {tuple(cond.shape[1:])} per clip; the model '
-                     f'takes {want} (model.num_cond_tokens, model.cond_dim): set data.prompt_tokens '
-                     'to num_cond_tokens, or check the embeddings\' width.')
+    raise ValueError(f'The batch\'s {PROMPT_KEY} are {tuple(cond.shape[1:])} per clip; the '
+                     f'model takes {want} (model.num_cond_tokens, model.cond_dim): set '
+                     'data.prompt_tokens to num_cond_tokens, or check the embeddings\' width.')
   return cond
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from configs import generate as generate_config
 from pafukv_jax import checkpoints, generation
+from pafukv_jax import context as context_lib
 from pafukv_jax.models.dit import DiTConfig, init_model
 from tests.helpers import override
 
@@ -33,7 +34,7 @@ def test_outputs_and_metrics(tmp_path):
   assert Image.open(tmp_path / 'videos' / gifs[0]).n_frames == 4
   manifest = json.loads((tmp_path / 'manifest.json').read_text())
   assert [m['video'] for m in manifest] == [f'videos/{g}' for g in gifs]
-  labels = generation.sample_conditioning(cfg, DiTConfig.from_config(cfg.model))[0]
+  labels = context_lib.sample_conditioning(cfg, DiTConfig.from_config(cfg.model))[0]
   assert [m['label'] for m in manifest] == labels.tolist() and manifest[2]['sample'] == 2
   on_disk = json.loads((tmp_path / 'metrics.json').read_text())
   assert on_disk == json.loads(json.dumps(metrics))
@@ -229,7 +230,7 @@ def test_pafu_and_oracle(tmp_path):
   model, teacher = init_model(model_cfg, 0), init_model(model_cfg, 7)
   rc = generation.rollout_config(cfg)
   keys = sampling.sample_keys(0, [0, 1])
-  labels = generation.sample_conditioning(cfg, model_cfg)[0][:2]
+  labels = context_lib.sample_conditioning(cfg, model_cfg)[0][:2]
   full = make_rollout(model, rc, 'full').generate(rollout.inputs(keys, labels)).videos
   scores = oracle_scores(teacher, full, jnp.asarray(labels), chunk_frames=1)
   want = make_rollout(model, rc, 'oracle', cfg.cache).generate(

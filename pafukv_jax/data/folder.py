@@ -6,7 +6,8 @@ total frames x H x W x 3 bytes). Each video gives the clips starting at 0, clip_
 2 * clip_stride, ... that fit in it. The label of a clip is the index of its video's sub-folder
 among the sorted sub-folders (0 for every file when the videos sit directly in the folder), as in
 an image-folder dataset. A video may carry its prompt's embedding in NAME.npz beside it
-(`prompt_embedding` [L, D], for a model with num_classes=0). GIFs are read by Pillow; mp4, avi, mov, mkv, webm... need ffmpeg:
+(`prompt_embedding` [L, D], for a model with num_classes=0). GIFs are read by Pillow; mp4, avi,
+mov, mkv, webm... need ffmpeg:
 `pip install imageio-ffmpeg`.
 """
 
