@@ -57,27 +57,37 @@ def check_shapes(saved_tree, expected_tree, what: str, fields: str = 'model.*') 
 
 # DiTConfig fields that change what the weights compute without changing their shapes (or that
 # the shape check alone would report less clearly); attention_impl, dtype, scan_layers,
-# cache_block_size and attention_query_chunk are how to run the model and may differ from the run that trained it.
+# cache_block_size and attention_query_chunk are how to run the model and may differ from the
+# run that trained it.
 MODEL_FIELDS = ('image_size', 'channels', 'patch_size', 'dim', 'ffn_dim', 'num_heads',
                 'num_layers', 'freq_dim', 'cond_dim', 'num_cond_tokens', 'num_classes',
                 'frame_cond_dim', 'frame_cond_scale', 'eps', 'rope_theta', 'rope_positions')
 
 
+def _plain(value):
+  return tuple(value) if isinstance(value, list) else value  # JSON gives lists for tuples
+
+
+def saved_model_fields(path: str) -> dict | None:
+  """The MODEL_FIELDS the run at `path` trained with, from its config.json (a field it lacks
+  had DiTConfig's default when it trained), or None where there is no config.json with a model."""
+  saved = (saved_config(path) or {}).get('model') if path else None
+  if not saved:
+    return None
+  defaults = {f.name: f.default for f in dataclasses.fields(DiTConfig)}
+  return {k: _plain(saved.get(k, defaults[k])) for k in MODEL_FIELDS}
+
+
 def check_model_config(path: str, model_cfg) -> None:
   """Raises a ValueError if `path/config.json` (written by the training run, kept by export.py)
-  trained a model whose MODEL_FIELDS differ from `model_cfg` (a DiTConfig). A field the saved
-  config lacks takes DiTConfig's default, as it did when that run trained."""
-  run = saved_config(path) or {}
-  saved = run.get('model')
+  trained a model whose MODEL_FIELDS differ from `model_cfg` (a DiTConfig)."""
+  saved = saved_model_fields(path)
   if not saved:
     return
-  defaults = {f.name: f.default for f in dataclasses.fields(model_cfg)}
-  norm = lambda v: tuple(v) if isinstance(v, list) else v
-  diffs = [f'model.{k}: checkpoint {norm(saved.get(k, defaults[k]))!r} vs config '
-           f'{getattr(model_cfg, k)!r}' for k in MODEL_FIELDS
-           if norm(saved.get(k, defaults[k])) != getattr(model_cfg, k)]
+  diffs = [f'model.{k}: checkpoint {v!r} vs config {getattr(model_cfg, k)!r}'
+           for k, v in saved.items() if v != getattr(model_cfg, k)]
   if diffs:
-    dataset = run.get('data', {}).get('dataset')
+    dataset = saved_config(path).get('data', {}).get('dataset')
     hint = (f'\nIt was trained on data.dataset={dataset!r}: a config arg naming that dataset '
             f'(e.g. --config=configs/generate.py:small,{dataset}) sets the fields of its demo '
             'model.' if dataset else '')
@@ -90,21 +100,12 @@ def adopt_model_fields(cfg, path: str, explicit=()) -> list[str]:
   named in `explicit` (dotted names the user set, e.g. 'model.dim': a set field that differs is
   left for `check_model_config` to refuse). Returns 'field=value' for every field it changed.
   A checkpoint without config.json changes nothing: its shapes are checked when it is loaded."""
-  saved = (saved_config(path) or {}).get('model') if path else None
-  if not saved:
-    return []
-  changed = []
-  defaults = {f.name: f.default for f in dataclasses.fields(DiTConfig)}  # a field it lacks
-  with cfg.unlocked():                                                   # it had by default
-    for name in MODEL_FIELDS:
-      if f'model.{name}' not in explicit:
-        value = saved.get(name, defaults[name])
-        value = tuple(value) if isinstance(value, list) else value
-        current = cfg.model.get(name)
-        if (tuple(current) if isinstance(current, list) else current) != value:
-          cfg.model[name] = value
-          changed.append(f'{name}={value!r}')
-  return changed
+  saved = saved_model_fields(path) or {}
+  changed = {k: v for k, v in saved.items()
+             if f'model.{k}' not in explicit and _plain(cfg.model.get(k)) != v}
+  with cfg.unlocked():
+    cfg.model.update(changed)
+  return [f'{k}={v!r}' for k, v in changed.items()]
 
 
 def saved_config(path: str) -> dict | None:
@@ -219,11 +220,11 @@ class TrainCheckpoints:
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_newest_good(self, abstract_state):
-    """(state, meta) of the newest step that restores. A step that does not (a truncated array
-    file, an emptied metadata file) is named, moved to WORKDIR/broken_checkpoints/ and the next
-    older one tried; a shape mismatch is the config's fault and raised at once. With no step
-    left, a ValueError says how to start afresh."""
+  def _newest_that_restores(self, check, load):
+    """(step, load(step, tree), broken) for the newest step that restores, where tree is the
+    step's saved metadata tree and broken lists (step, error) of the newer ones that did not (an
+    unreadable tree, a failed load); step None if none did. check(step, tree) raises on a
+    config mismatch, which is not a broken checkpoint and stops the search."""
     broken = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -231,20 +232,31 @@ class TrainCheckpoints:
       except Exception as e:  # pylint: disable=broad-except  (orbax / tensorstore raise anything)
         broken.append((step, e))
         continue
-      check_shapes(tree, abstract_state, f'checkpoint {self.directory} step {step}')
+      check(step, tree)
       try:
-        out = self.restore(abstract_state, step)
+        return step, load(step, tree), broken
       except Exception as e:  # pylint: disable=broad-except
         broken.append((step, e))
-        continue
-      if broken:
-        message = _broken_message(self.directory, broken)  # before they move: it names files
-        self._set_aside([b for b, _ in broken])
-        logging.warning('%s', message + f'\nResumed from step {step} instead; the broken steps '
-                        f'are in {self._aside_dir()}.')
-      return out
-    raise ValueError(_broken_message(self.directory, broken) + '\nNo step restores. To start '
-                     f'afresh, move them aside: mv {self.directory} {self.directory}.broken')
+    return None, None, broken
+
+  def restore_newest_good(self, abstract_state):
+    """(state, meta) of the newest step that restores. A step that does not (a truncated array
+    file, an emptied metadata file) is named, moved to WORKDIR/broken_checkpoints/ and the next
+    older one tried; a shape mismatch is the config's fault and raised at once. With no step
+    left, a ValueError says how to start afresh."""
+    step, out, broken = self._newest_that_restores(
+        lambda step, tree: check_shapes(tree, abstract_state,
+                                        f'checkpoint {self.directory} step {step}'),
+        lambda step, _: self._restore_step(abstract_state, step))
+    if step is None:
+      raise ValueError(_broken_message(self.directory, broken) + '\nNo step restores. To start '
+                       f'afresh, move them aside: mv {self.directory} {self.directory}.broken')
+    if broken:
+      message = _broken_message(self.directory, broken)  # before they move: it names files
+      self._set_aside([b for b, _ in broken])
+      logging.warning('%s', message + f'\nResumed from step {step} instead; the broken steps '
+                      f'are in {self._aside_dir()}.')
+    return out
 
   def _aside_dir(self):
     return os.path.join(os.path.dirname(self.directory), 'broken_checkpoints')
@@ -261,6 +273,9 @@ class TrainCheckpoints:
     step = self.latest_step() if step is None else step
     check_shapes(self._saved_tree(step), abstract_state,
                  f'checkpoint {self.directory} step {step}')
+    return self._restore_step(abstract_state, step)
+
+  def _restore_step(self, abstract_state, step):
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out['state'], out['meta']
@@ -270,24 +285,14 @@ class TrainCheckpoints:
     `params_like`; a broken newer step is named (and left where it is: this only reads)."""
     if self.latest_step() is None:
       raise FileNotFoundError(f'{self.directory} holds no checkpoint yet.')
-    broken = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        saved = self._saved_tree(step)
-      except Exception as e:  # pylint: disable=broad-except
-        broken.append((step, e))
-        continue
-      key = 'ema' if saved.get('ema') else 'params'
-      check_shapes(saved[key], params_like, f'checkpoint {self.directory} step {step} ({key})',
-                   fields)
-      try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))  # as saved: the teacher is read, never re-saved
-      except Exception as e:  # pylint: disable=broad-except
-        broken.append((step, e))
-        continue
-      break
-    else:
+    key = lambda tree: 'ema' if tree.get('ema') else 'params'
+    step, restored, broken = self._newest_that_restores(
+        lambda step, tree: check_shapes(
+            tree[key(tree)], params_like,
+            f'checkpoint {self.directory} step {step} ({key(tree)})', fields),
+        lambda step, tree: self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))['state'][key(tree)])  # as saved: only read
+    if step is None:
       raise ValueError(_broken_message(self.directory, broken) + '\nNo step restores: retrain, '
                        'or point at another checkpoint.')
     if broken:
@@ -296,7 +301,7 @@ class TrainCheckpoints:
     # training mesh, a rollout's state and its outputs were placed apart and the chunk step
     # compiled twice (the second time at chunk 2)
     return jax.tree.map(lambda a, like: jax.numpy.asarray(np.asarray(a), like.dtype),
-                        restored['state'][key], params_like)
+                        restored, params_like)
 
   def close(self):
     self.manager.wait_until_finished()
