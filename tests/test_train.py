@@ -180,6 +180,18 @@ def test_resuming_with_another_model_is_refused_with_a_command_that_resumes(tmp_
   assert resumed.returncode == 0 and 'Resumed' in resumed.stdout, resumed.stderr[-2000:]
 
 
+def test_how_to_run_the_model_may_change_on_resume(tmp_path, data_dir):
+  saved = json.loads(stage_config('teacher', data_dir).to_json())
+  json.dump(saved, open(tmp_path / 'config.json', 'w'))
+  (tmp_path / 'checkpoints' / '5').mkdir(parents=True)
+  loop.check_config(stage_config('teacher', data_dir, **{
+      'model.attention_impl': 'masked', 'model.attention_query_chunk': 64,
+      'model.scan_layers': False, 'model.cache_block_size': 8}), str(tmp_path))
+  with pytest.raises(ValueError, match=r'model\.dtype \(saved'):  # this changes the training
+    loop.check_config(stage_config('teacher', data_dir, **{'model.dtype': 'bfloat16'}),
+                      str(tmp_path))
+
+
 def test_a_run_saved_before_a_model_field_existed_resumes_at_its_default(tmp_path, data_dir):
   # config.json of a run from before frame_cond_scale existed: that run had the default, 1
   saved = json.loads(stage_config('teacher', data_dir).to_json())

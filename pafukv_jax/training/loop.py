@@ -48,9 +48,14 @@ def _flag(value) -> str:
   return str(value)
 
 
+# how to run the model, not what it computes: a resumed run may change them
+EXECUTION_FIELDS = ('attention_impl', 'attention_query_chunk', 'cache_block_size', 'scan_layers')
+
+
 def _frozen(cfg, field):
   if field == 'model':  # every DiTConfig field: one added after a run was saved had its default
-    return json.loads(json.dumps(dataclasses.asdict(DiTConfig.from_config(cfg.model))))
+    fields = dataclasses.asdict(DiTConfig.from_config(cfg.model))
+    return json.loads(json.dumps({k: v for k, v in fields.items() if k not in EXECUTION_FIELDS}))
   return _get(cfg, field)
 
 
