@@ -597,3 +597,15 @@ def test_first_clips_prepare_only_what_they_read(tmp_path):
   assert len(list((tmp_path / 'occluded_objects').iterdir())) == 2
   for name in few:
     np.testing.assert_array_equal(few[name], full[name])
+
+
+def test_quiet_tfds_nests():
+  """An inner quiet block (a builder's is_prepared during a preparation) does not turn TFDS's
+  progress bars back on for the rest of the outer one."""
+  from tensorflow_datasets.core.utils import tqdm_utils
+  from pafukv_jax.data import procedural
+  with procedural.quiet_tfds():
+    with procedural.quiet_tfds():
+      pass
+    assert isinstance(tqdm_utils.tqdm(), tqdm_utils.EmptyTqdm)
+  assert not isinstance(tqdm_utils.tqdm(), tqdm_utils.EmptyTqdm)

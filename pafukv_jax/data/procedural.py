@@ -181,17 +181,27 @@ def quiet_tfds():
   """TFDS's messages about a dataset made here, silenced: "Using custom data configuration",
   "Variant folder ... has no dataset_info.json", "Downloading and preparing dataset Unknown
   size" and its progress bars say nothing true of a procedural dataset (`prepare` says what
-  it makes in one line instead). Errors still surface."""
+  it makes in one line instead). Errors still surface. Nested uses (a builder's is_prepared
+  inside a preparation) leave the settings to the outermost one, which restores them."""
+  global _quiet_depth
+  if _quiet_depth:
+    yield
+    return
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   level = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)
   tfds.disable_progress_bar()
+  _quiet_depth += 1
   try:
     with contextlib.redirect_stdout(io.StringIO()):
       yield
   finally:
+    _quiet_depth -= 1
     absl_logging.set_verbosity(level)
     tfds.enable_progress_bar()
+
+
+_quiet_depth = 0
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
