@@ -2,6 +2,7 @@
 
   python benchmarks/rollout_speed.py [--frames=16,32,64,128] [--policies=full,window,sink_window]
   python benchmarks/rollout_speed.py --frames=64 --policies=sink_window,h2o,random,pafu --impls=blockwise
+  python benchmarks/rollout_speed.py --frames=33,129 --chunk_frames=3
 
 Random weights (speed does not depend on them). Defaults: width 128, 4 layers, 4 heads, 32x32
 frames, patch 4 (64 tokens per frame), batch 4, 1 frame per chunk, 4 denoising steps + 1 clean
@@ -36,6 +37,7 @@ flags.DEFINE_integer('block_size', 512, 'model.cache_block_size of the blockwise
 flags.DEFINE_string('size', 'base', 'Model size from configs/common.py.')
 flags.DEFINE_integer('head_hidden', 64, 'Hidden width of the salience head (policy pafu).')
 flags.DEFINE_integer('batch', 4, 'Videos generated together.')
+flags.DEFINE_integer('chunk_frames', 1, 'Frames generated per chunk (every length a multiple).')
 flags.DEFINE_integer('budget_frames', 4, 'Cache budget of the bounded policies.')
 flags.DEFINE_integer('sink_frames', 1, 'Sink frames of sink_window.')
 flags.DEFINE_string('out', 'benchmarks/results/rollout_speed.json', 'JSON output.')
@@ -46,11 +48,12 @@ def measure(model, impl, policy, num_frames):
   import ml_collections
   cache = ml_collections.ConfigDict(dict(budget_frames=FLAGS.budget_frames,
                                          sink_frames=FLAGS.sink_frames, recent_frames=0))
-  rc = sampling.RolloutConfig(num_frames=num_frames, chunk_frames=1)
+  f = FLAGS.chunk_frames
+  rc = sampling.RolloutConfig(num_frames=num_frames, chunk_frames=f)
   head = None
   if policy == 'pafu':  # a random head: its cost does not depend on its weights
     head = SalienceHead(model.cfg.dim, FLAGS.head_hidden, rngs=nnx.Rngs(0))
-  spec = policies.cache_spec(policy, cache, num_frames=num_frames, chunk_frames=1,
+  spec = policies.cache_spec(policy, cache, num_frames=num_frames, chunk_frames=f,
                              tokens_per_frame=model.cfg.tokens_per_frame)
   runner = rollout.Rollout(model, rc, spec, head=head)
   inputs = rollout.inputs(sampling.sample_keys(0, np.arange(FLAGS.batch)),
@@ -59,22 +62,26 @@ def measure(model, impl, policy, num_frames):
     start = time.perf_counter()
     out = runner.generate(inputs)
     wall = time.perf_counter() - start
-  per_frame = np.asarray(out.chunk_seconds)  # chunk = 1 frame; [0] includes compilation
-  steady = per_frame[1:]
+  per_frame = np.asarray(out.chunk_seconds) / f  # [0] includes compilation
+  steady = np.repeat(per_frame[1:], f)  # per frame, for first16 / last16
   window = min(16, len(steady) // 2)
   return dict(
-      impl=impl, policy=policy, num_frames=num_frames, batch=FLAGS.batch,
+      impl=impl, policy=policy, num_frames=num_frames, chunk_frames=f, batch=FLAGS.batch,
       capacity_tokens=spec.capacity, cache_bytes=runner.cache_bytes(FLAGS.batch),
-      ms_per_frame=1000 * float(np.mean(steady)),
+      ms_per_frame=1000 * float(np.mean(per_frame[1:])),
       # medians: a shared machine's hiccups should not decide whether a policy looks flat
       ms_first16=1000 * float(np.median(steady[:window])),
       ms_last16=1000 * float(np.median(steady[-window:])),
-      compile_s=float(per_frame[0] - np.mean(steady)), compiles=compiles.count,
+      compile_s=float(f * (per_frame[0] - np.mean(per_frame[1:]))), compiles=compiles.count,
       wall_s=wall, ms_per_frame_all=[1000 * float(x) for x in per_frame])
 
 
 def main(argv):
   del argv
+  odd = [n for n in map(int, FLAGS.frames) if n % FLAGS.chunk_frames]
+  if odd:
+    raise app.UsageError(f'--frames {odd} are not multiples of --chunk_frames={FLAGS.chunk_frames} '
+                         f'(e.g. --frames=33,129 for chunks of 3).')
   rows = []
   print(f'{"impl":<10} {"policy":<12} {"frames":>6} {"capacity":>8} {"cache MiB":>9} '
         f'{"ms/frame":>9} {"first16":>8} {"last16":>8} {"compile s":>9}')
