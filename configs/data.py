@@ -30,6 +30,8 @@ def get_config(arg: str = 'base') -> ml_collections.ConfigDict:
   c.revisit_horizon = 8         # N: content unseen for more than N frames counts as revisited
   c.trajectories = ''           # photo_pan's camera paths, e.g. 'out_and_back,loop,waypoints'
                                 # ('' = out_and_back,loop; see pafukv_jax/data/photo_pan.py)
+  c.camera_step = 1             # photo_pan: the camera stops on multiples of this many pixels
+                                # (the patch size: a revisited patch is the very token seen before)
   c.seed = 0                    # procedural generation (a different seed is a different dataset)
   c.shuffle_seed = 0            # order of the examples (batch at step s = f(shuffle_seed, s))
   c.batch_size = 16             # global, over all hosts; a multiple of the data-parallel size

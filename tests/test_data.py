@@ -245,8 +245,36 @@ def test_photo_pan_trajectory_families_keep_their_labels_and_the_default_data():
                                          loops)['label']) for i in range(4)} == {1}
   with pytest.raises(ValueError, match='out_and_back.*loop.*waypoints'):
     PhotoPan(num_frames=8, height=16, width=16, trajectories='spiral')
-  with pytest.raises(ValueError, match='no camera trajectories'):
+  with pytest.raises(ValueError, match='has no camera'):
     OccludedObjects(num_frames=8, height=16, width=16, trajectories='loop')
+
+
+def test_photo_pan_camera_step_puts_every_view_on_the_patch_grid():
+  """camera_step=4: every camera position (summed frame_cond, from frame 0) is a multiple of 4
+  pixels away, and each frame is the photograph's crop at such a position; 1 keeps the dataset
+  (and its folder name) as before."""
+  plain = procedural.procedural_config(num_frames=16, height=32, width=32,
+                                       trajectories='waypoints')
+  stepped = procedural.procedural_config(num_frames=16, height=32, width=32,
+                                         trajectories='waypoints', camera_step=4)
+  assert '_step' not in plain.name and stepped.name == plain.name + '_step4'
+  moved = 0
+  for i in range(4):
+    e = photo_pan_lib.make_example(procedural.example_rng(0, 'test', i), 'test', stepped)
+    pos = np.cumsum(e['frame_cond'].astype(int), axis=0)
+    assert (pos % 4 == 0).all() and (pos != 0).any()
+    moved += int((np.abs(np.diff(pos, axis=0)).max(-1) > 0).sum())
+    photo = photo_pan_lib.scaled_photo(photo_pan_lib.PHOTOS[e['photo_index']], 96)
+    windows = np.lib.stride_tricks.sliding_window_view(photo, (32, 32, 3))[..., 0, :, :, :]
+    a, b = np.argwhere((windows == e['video'][0]).all(axis=(-3, -2, -1)))[0]   # frame 0's crop
+    for t in range(1, 16):      # frame t is the crop moved by pos[t]
+      x, y = pos[t]
+      np.testing.assert_array_equal(e['video'][t], photo[a + y:a + y + 32, b + x:b + x + 32])
+  assert moved > 10
+  with pytest.raises(ValueError, match='camera_step=64'):
+    PhotoPan(num_frames=8, height=16, width=16, camera_step=64)
+  with pytest.raises(ValueError, match='has no camera'):
+    OccludedObjects(num_frames=8, height=16, width=16, camera_step=4)
 
 
 def test_occluded_objects_have_a_static_camera_and_revisits(built):

@@ -12,7 +12,9 @@ by default the first two, the label is the family's index in TRAJECTORIES):
     back to W. What returns was first seen in the middle of the clip: neither the first frames
     (a sink) nor the last ones (a window) hold it, so no heuristic cache wins by construction.
 frame_cond[t] = (dx, dy), the camera displacement in pixels since frame t-1 (the image content
-moves by the opposite amount), so continuing a video has one ground truth. Extra feature:
+moves by the opposite amount), so continuing a video has one ground truth. With the config's
+camera_step = the model's patch size, the camera stops on whole patches: a patch token shows the
+very pixels some earlier token of the same scene position showed, so memory is a lookup. Extra feature:
 photo_index, the index of the photograph in PHOTOS.
 """
 
@@ -137,7 +139,9 @@ def make_example(rng: np.random.Generator, split: str, config) -> dict:
   low = -offsets.min(0)
   high = room - offsets.max(0)
   start = rng.uniform(low, np.maximum(high, low))
-  position = np.clip(np.round(start + offsets).astype(np.int64), 0, [photo_w - w, photo_h - h])
+  step = config.camera_step   # positions on a grid of `step` pixels (the patch size: the scene
+  top = (room // step).astype(np.int64) * step   # point of a token is then a whole patch)
+  position = np.clip(np.round((start + offsets) / step).astype(np.int64) * step, 0, top)
   frames = np.stack([photo[y:y + h, x:x + w] for x, y in position])
   rows, cols = np.mgrid[:h, :w]
   ids = (position[:, 1, None, None] + rows) * photo_w + position[:, 0, None, None] + cols
@@ -159,6 +163,9 @@ class PhotoPan(procedural.ProceduralBuilder):
   @classmethod
   def check_config(cls, config):
     parse_trajectories(config.trajectories)
+    if config.camera_step > min(config.height, config.width):
+      raise ValueError(f'camera_step={config.camera_step} px is more than the view '
+                       f'({config.height}x{config.width}): use the patch size, e.g. 4.')
 
   def extra_features(self):
     return {'photo_index': tfds.features.Tensor(shape=(), dtype=np.int64)}

@@ -50,17 +50,19 @@ class ProceduralConfig(tfds.core.BuilderConfig):
   revisit_horizon: int = 8      # N: content unseen for more than N frames counts as revisited
   seed: int = 0
   trajectories: str = ''        # photo_pan: camera trajectory families drawn ('' = its default)
+  camera_step: int = 1          # photo_pan: the camera stops on multiples of this many pixels
 
 
 def procedural_config(num_frames: int = 32, height: int = 32, width: int = 32,
                       train_examples: int = 5000, test_examples: int = 500,
                       revisit_horizon: int = 8, seed: int = 0,
-                      trajectories: str = '') -> ProceduralConfig:
+                      trajectories: str = '', camera_step: int = 1) -> ProceduralConfig:
   sizes = dict(num_frames=num_frames, height=height, width=width, train_examples=train_examples,
                test_examples=test_examples, revisit_horizon=revisit_horizon, seed=seed)
   sizes = {k: int(v) for k, v in sizes.items()}
   minimum = dict(num_frames=2, height=8, width=8, train_examples=1, test_examples=1,
-                 revisit_horizon=1, seed=0)
+                 revisit_horizon=1, seed=0, camera_step=1)
+  sizes['camera_step'] = int(camera_step)
   for key, low in minimum.items():
     if sizes[key] < low:
       raise ValueError(f'{key} must be >= {low}; got {sizes[key]}.')
@@ -69,6 +71,8 @@ def procedural_config(num_frames: int = 32, height: int = 32, width: int = 32,
   trajectories = ','.join(n.strip() for n in trajectories.split(',') if n.strip())
   if trajectories:  # '' keeps the names (and folders) of datasets made before the field existed
     name += '_' + trajectories.replace(',', '-')
+  if sizes['camera_step'] != 1:  # likewise: 1 keeps the older names
+    name += f'_step{sizes["camera_step"]}'
   return ProceduralConfig(name=name, trajectories=trajectories, **sizes)
 
 
@@ -129,9 +133,10 @@ class ProceduralBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   # Subclasses: their config's check, extra features beside the shared ones, the generator.
   @classmethod
   def check_config(cls, config: ProceduralConfig) -> None:
-    if config.trajectories:
-      raise ValueError(f'{cls.__name__} has no camera trajectories: leave trajectories empty '
-                       f'(got {config.trajectories!r}; photo_pan has them).')
+    if config.trajectories or config.camera_step != 1:
+      raise ValueError(f'{cls.__name__} has no camera: leave trajectories empty and camera_step '
+                       f'1 (got {config.trajectories!r}, {config.camera_step}; photo_pan has '
+                       'them).')
 
   def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
     return {}

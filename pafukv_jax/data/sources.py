@@ -35,7 +35,7 @@ def procedural_builder(cfg: ml_collections.ConfigDict) -> procedural.ProceduralB
   config = procedural.procedural_config(
       num_frames=cfg.num_frames, height=height, width=width, train_examples=cfg.train_examples,
       test_examples=cfg.test_examples, revisit_horizon=cfg.revisit_horizon, seed=cfg.seed,
-      trajectories=cfg.get('trajectories', ''))
+      trajectories=cfg.get('trajectories', ''), camera_step=cfg.get('camera_step', 1))
   with procedural.quiet_tfds():
     return PROCEDURAL_BUILDERS[cfg.dataset](data_dir=cfg.data_dir or None, config=config)
 

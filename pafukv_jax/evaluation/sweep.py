@@ -161,7 +161,7 @@ def load_clips(cfg):
 # data fields that do not change which clips are read, and fields added since runs recorded
 # their keys, left out at the value those runs had (so their keys still match)
 _DATA_FIELDS_IGNORED = ('data_dir', 'batch_size')
-_DATA_DEFAULTS_OMITTED = dict(trajectories='')
+_DATA_DEFAULTS_OMITTED = dict(trajectories='', camera_step=1)
 
 
 class Sweep:
