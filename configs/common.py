@@ -22,7 +22,7 @@ def model_config(size: str = 'base') -> ml_collections.ConfigDict:
       num_classes=10, frame_cond_dim=0, frame_cond_scale=1.0, eps=1e-6, rope_theta=10000.0,
       rope_positions='grid',
       # how to run it (models/attention.py), not what it computes
-      dtype='float32', scan_layers=True, attention_impl='blockwise', cache_block_size=512,
+      dtype='float32', scan_layers=True, attention_impl='auto', cache_block_size=512,
       attention_query_chunk=1024))
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pafukv_jax.cache import kv_cache
+from pafukv_jax.models import attention as attention_lib
 from pafukv_jax.models.attention import attention, block_causal_mask, cached_attention
 
 
@@ -26,7 +27,8 @@ def _cache(rng, layers, b, c, h, d, filled):
 
 
 @pytest.mark.parametrize('impl,block_size', [
-    ('blockwise', 8), ('blockwise', 7), ('blockwise', 64), ('masked', 8), ('xla', 8)])
+    ('blockwise', 8), ('blockwise', 7), ('blockwise', 64), ('masked', 8), ('xla', 8),
+    ('auto', 8)])
 def test_cached_attention_equals_masked_concatenation(impl, block_size):
   rng = np.random.default_rng(0)
   layers, b, n, c, h, d = 2, 2, 4, 20, 2, 8
@@ -61,6 +63,17 @@ def test_cache_mass_is_the_attention_each_slot_receives(impl, block_size):
   want = p[..., :c].sum(axis=2).mean(axis=1)  # sum over queries, mean over heads
   np.testing.assert_allclose(np.asarray(mass), want, atol=1e-5)
   assert np.all(np.asarray(mass)[~valid[0]] == 0)
+
+
+def test_auto_attention_is_masked_off_the_cpu_for_small_logits_only():
+  limit = attention_lib.AUTO_MASKED_MAX_LOGITS
+  resolve = attention_lib.resolve_impl
+  assert resolve('auto', 64, 8192, 'cpu') == 'blockwise'
+  assert resolve('auto', 64, limit // 64, 'gpu') == 'masked'
+  assert resolve('auto', 64, limit // 64 + 1, 'gpu') == 'blockwise'
+  assert resolve('auto', 4680, 32760, 'tpu') == 'blockwise'   # a 1.3B chunk over a long cache
+  assert resolve('masked', 64, 1 << 30, 'cpu') == 'masked'     # an explicit choice stands
+  assert resolve('auto', 64, 512) == ('blockwise' if jax.default_backend() == 'cpu' else 'masked')
 
 
 def test_masked_attention_matches_reference():

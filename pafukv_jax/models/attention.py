@@ -10,9 +10,10 @@ merged with their softmax statistics (online softmax). With `attention_impl='blo
 is read in blocks of slots, only up to the last filled block, in a loop with a traced trip count:
 the cost follows the filled length and the step still compiles once. 'masked' reads every slot
 (the preallocated baseline); 'xla' / 'cudnn' use `jax.nn.dot_product_attention` over the
-concatenated, masked cache (cuDNN's fused kernel on GPU). Without a cache, 'blockwise' and
-'masked' compute the logits of `attention_query_chunk` queries at a time, so a teacher pass over a
-whole clip never holds an [N, N] matrix.
+concatenated, masked cache (cuDNN's fused kernel on GPU). 'auto' (the default) picks one of the
+first two per backend and cache size (`resolve_impl`). Without a cache, 'blockwise' and 'masked'
+compute the logits of `attention_query_chunk` queries at a time, so a teacher pass over a whole
+clip never holds an [N, N] matrix.
 """
 
 import math
@@ -26,7 +27,13 @@ from pafukv_jax.models.layers import dense
 from pafukv_jax.models.rope import apply_rope
 
 _NEG_INF = -jnp.inf
-ATTENTION_IMPLS = ('blockwise', 'masked', 'xla', 'cudnn')
+ATTENTION_IMPLS = ('auto', 'blockwise', 'masked', 'xla', 'cudnn')
+# 'auto' reads the whole cache at once ('masked') off the CPU while a head's logits of a chunk over
+# the cache have at most this many entries: on an H200 at the rollout benchmark's sizes (64 queries,
+# up to 8,192 slots) masked was 2-2.7x faster than blockwise, whose loop of small matmuls leaves a
+# GPU idle. On the CPU blockwise wins once the cache is long and partly empty (full cache, 128
+# frames: 205 against 416 ms/frame, README), and ties on bounded caches.
+AUTO_MASKED_MAX_LOGITS = 1 << 22
 
 
 # -- softmax pieces ---------------------------------------------------------------------------
@@ -121,6 +128,17 @@ def _cache_block(cache: CacheRead, layer, i):
   return k, v, valid & (start + jnp.arange(bs) >= i * bs)[None], start
 
 
+def resolve_impl(impl: str, num_queries: int, cache_slots: int, backend: str | None = None) -> str:
+  """The implementation that 'auto' stands for with num_queries over cache_slots on `backend`
+  (default: JAX's); any other impl is returned as it is."""
+  if impl != 'auto':
+    return impl
+  backend = backend or jax.default_backend()
+  if backend != 'cpu' and num_queries * cache_slots <= AUTO_MASKED_MAX_LOGITS:
+    return 'masked'
+  return 'blockwise'
+
+
 def _cache_partial(q, cache: CacheRead, layer, impl):
   """Partial attention of q over the layer's valid cache slots."""
   if impl == 'masked':  # every slot, filled or not: the preallocated baseline
@@ -162,6 +180,7 @@ def cached_attention(q, k, v, cache: CacheRead, layer, impl='blockwise', with_ma
   q, k, v [B, H, Nq, D]. Returns out [B, H, Nq, D], and with `with_mass` also the attention
   each slot receives [B, C].
   """
+  impl = resolve_impl(impl, q.shape[2], cache.k.shape[3])
   if impl in ('xla', 'cudnn'):
     if with_mass:
       raise ValueError(f"attention_impl={impl!r} gives no attention probabilities; use "

@@ -34,7 +34,7 @@ class DiTConfig:
   rope_positions: str = 'grid'
   dtype: str = 'float32'
   scan_layers: bool = True
-  attention_impl: str = 'blockwise'  # blockwise | masked | xla | cudnn (see models/attention.py)
+  attention_impl: str = 'auto'  # auto | blockwise | masked | xla | cudnn (models/attention.py)
   cache_block_size: int = 512        # slots per block of the blockwise cache attention
   # self- and cross-attention without a cache build logits for at most this many queries at a
   # time (0: all at once); the result is the same, the memory query_chunk x keys, not N x N
