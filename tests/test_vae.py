@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from pafukv_jax import checkpoints
 from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models import weight_files
-from pafukv_jax.vae import codec, weights
+from pafukv_jax.vae import codec, model, weights
 from pafukv_jax.vae.config import NotAWanVae, VaeConfig, read_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'vae')
@@ -79,6 +80,15 @@ def test_chunked_equals_whole(vae, io, whole):
         io['decoded'])
 
 
+def test_causal_a_first_frame_alone(vae, io):
+  # latent 0 sees frame 0 only, frame 0 sees latent 0 only: the video's start alone gives them
+  close(codec.encode_moments(vae, jnp.asarray(io['video'][:, :1])), io['moments'][:, :1])
+  close(codec.decode(vae, jnp.asarray(io['latents'][:, :1]), clip=False),
+        io['decoded_raw'][:, :1])
+  close(codec.decode(vae, jnp.asarray(io['latents'][:, :2]), clip=False),
+        io['decoded_raw'][:, :5])
+
+
 def test_chunked_passes_compile_once_with_fixed_state_shapes(vae, io):
   # a shape no other test uses (batch 2, 5 latent frames), so the compiles counted are these
   graphdef, params = nnx.split(vae)
@@ -129,6 +139,31 @@ def test_original_names_round_trip():
       'decoder.up_blocks.1.resnets.0.conv_shortcut.bias'
   assert weights.original_to_diffusers('encoder.middle.1.to_qkv.weight') == \
       'encoder.mid_block.attentions.0.to_qkv.weight'
+
+
+class Shape:
+  """A weight of which only the shape is known (what infer_config and the checks read)."""
+
+  def __init__(self, shape):
+    self.shape = tuple(shape)
+
+
+def test_full_size_wan21_names_and_shapes_map():
+  with open(os.path.join(FIXTURES, 'wan2.1_shapes.json')) as f:
+    shapes = json.load(f)
+  original = {k: Shape(v) for k, v in shapes['original'].items()}
+  cfg = weights.infer_config(original)  # Wan2.1's own statistics (16 channels)
+  assert cfg == VaeConfig()  # diffusers' defaults are Wan2.1's VAE
+  expected = checkpoints.flat_paths(nnx.to_pure_dict(nnx.state(model.abstract_vae(cfg),
+                                                               nnx.Param)))
+  assert sum(int(np.prod(a.shape)) for a in expected.values()) == 126_892_531  # diffusers' count
+  mapped = {}
+  for name, shape in shapes['original'].items():
+    diffusers = weights.original_to_diffusers(name)
+    assert shapes['diffusers'][diffusers] == shape, name
+    layout = weights._to_layout(np.zeros(shape, np.float16), diffusers).shape
+    mapped[weights._param_path(diffusers)] = layout
+  assert mapped == {k: v.shape for k, v in expected.items()}
 
 
 def write_safetensors(path, arrays):

@@ -11,17 +11,21 @@ Needs PyTorch and diffusers, never the package or its tests:
   wan2.1_vae.pth    torch.save of the same weights under Wan2.1's own names (its Wan2.1_VAE.pth
                     layout), in float16: the weights are rounded to float16 values before
                     anything is computed, so both files hold the same numbers
+  wan2.1_shapes.json  the weights' names and shapes of the full-size Wan2.1 VAE (diffusers'
+                    default AutoencoderKLWan, 127M weights) under both namings, for checking
+                    the name mapping at full size without the weights
   io.npz            in diffusers' layout [B, C, T, H, W]: video (9 frames), moments (the encoder's
                     mean and log-variance, before DiagonalGaussianDistribution's clamp), latents
                     (the mean), normalized ((mean - latents_mean) / latents_std, as Wan's
                     pipelines do), decoded (vae.decode(mean), clamped to [-1, 1]) and
                     decoded_raw (the same decode before the clamp)
-The Wan2.1 names are checked against diffusers' own converter (convert_wan_vae_to_diffusers)
-before anything is written. The model has Wan2.1's layout (dim_mult [1, 2, 4, 4], 2 residual
+The Wan2.1 names (of the tiny and the full-size model) are checked against diffusers' own
+converter (convert_wan_vae_to_diffusers) before anything is written. The model has Wan2.1's layout (dim_mult [1, 2, 4, 4], 2 residual
 blocks a level, temporal downsampling in the last two levels) at base_dim 2: that converter
 knows only this layout (fixed block indices), and it keeps the files small (59k weights).
 """
 
+import json
 import os
 import re
 import shutil
@@ -75,6 +79,17 @@ def original_name(name, num_res_blocks=2):
   return f'{prefix}.{rest}'
 
 
+def check_original_names(sd):
+  """{Wan2.1 name: tensor} of a diffusers state dict, checked against diffusers' converter."""
+  original = {original_name(k): v for k, v in sd.items()}
+  assert len(original) == len(sd)
+  back = convert_wan_vae_to_diffusers(dict(original))
+  assert set(back) == set(sd), sorted(set(back) ^ set(sd))
+  assert all(back[k] is sd[k] for k in sd)
+  assert not any(re.search(r'(mid_block|down_blocks|up_blocks)', k) for k in original)
+  return original
+
+
 def random_model(seed):
   torch.manual_seed(seed)
   model = AutoencoderKLWan(**CONFIG).eval()
@@ -109,13 +124,13 @@ def main():
   model = random_model(0)
   model.save_pretrained(os.path.join(OUT, 'diffusers'), safe_serialization=True)
   sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-  original = {original_name(k): v for k, v in sd.items()}
-  assert len(original) == len(sd)
-  back = convert_wan_vae_to_diffusers(dict(original))
-  assert set(back) == set(sd), sorted(set(back) ^ set(sd))
-  assert all(torch.equal(back[k], sd[k]) for k in sd)
-  assert not any(re.search(r'(mid_block|down_blocks|up_blocks)', k) for k in original)
+  original = check_original_names(sd)
   torch.save({k: v.half() for k, v in original.items()}, os.path.join(OUT, 'wan2.1_vae.pth'))
+  with torch.device('meta'):  # shapes only
+    full = AutoencoderKLWan().state_dict()
+  shapes = lambda d: {k: list(v.shape) for k, v in d.items()}
+  with open(os.path.join(OUT, 'wan2.1_shapes.json'), 'w') as f:
+    json.dump(dict(diffusers=shapes(full), original=shapes(check_original_names(full))), f)
 
   g = torch.Generator().manual_seed(1)
   video = torch.rand(B, 3, T, H, W, generator=g) * 2 - 1
