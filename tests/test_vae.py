@@ -216,3 +216,7 @@ def test_configs_and_inputs_refused(vae):
     VaeConfig.from_diffusers({**config, '_class_name': 'AutoencoderKL'})
   with pytest.raises(ValueError, match=r'1 \+ 4k'):
     codec.encode(vae, jnp.zeros((1, 8, 16, 24, 3)))
+  with pytest.raises(ValueError, match='multiples of 8'):
+    codec.encode(vae, jnp.zeros((1, 5, 12, 24, 3)))
+  with pytest.raises(ValueError, match=r'\[B, n >= 1, h, w, 4\]'):
+    codec.decode(vae, jnp.zeros((1, 2, 2, 3, 16)), chunked=True)

@@ -92,6 +92,11 @@ def _check_video(cfg: VaeConfig, video):
                      f'with H and W multiples of {s}.')
 
 
+def _check_latents(cfg: VaeConfig, latents):
+  if latents.ndim != 5 or latents.shape[-1] != cfg.z_dim or latents.shape[1] < 1:
+    raise ValueError(f'latents {latents.shape}: the VAE decodes [B, n >= 1, h, w, {cfg.z_dim}].')
+
+
 def encode_moments(vae: AutoencoderKLWan, video, chunked: bool = False):
   """The posterior's moments [B, 1 + k, H/8, W/8, 2 z_dim] of video [B, 1 + 4k, H, W, C]."""
   cfg = vae.cfg
@@ -124,6 +129,7 @@ def decode_chunks(vae: AutoencoderKLWan, latents, normalized: bool = False, clip
   """Yields the video of latents [B, n, h, w, z_dim] chunk by chunk: frame 0 [B, 1, H, W, C],
   then [B, 4, H, W, C] per latent frame (one compile for all). `normalized`: the latents are
   the DiT's (normalised), and are denormalised first."""
+  _check_latents(vae.cfg, latents)
   z = denormalize(vae.cfg, latents) if normalized else latents
   graphdef, params = nnx.split(vae)
   state = init_state(vae, z.shape[0], z.shape[2], z.shape[3], for_decode=True)
@@ -138,6 +144,7 @@ def decode(vae: AutoencoderKLWan, latents, chunked: bool = False, normalized: bo
   [B, n, h, w, z_dim]; `normalized` as in `decode_chunks`."""
   if chunked:
     return jnp.concatenate(list(decode_chunks(vae, latents, normalized, clip)), axis=1)
+  _check_latents(vae.cfg, latents)
   z = denormalize(vae.cfg, latents) if normalized else latents
   graphdef, params = nnx.split(vae)
   return decode_whole_jit(graphdef, params, z, clip)
