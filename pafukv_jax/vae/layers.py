@@ -38,7 +38,11 @@ class Stream:
 
   def take(self):
     """The next layer's cache (None in a whole-video pass: zeros, the frames before the video)."""
-    return self._caches.pop() if self.chunked else None
+    if not self.chunked:
+      return None
+    if not self._caches:
+      raise ValueError("the state holds fewer caches than this model's layers: not its state.")
+    return self._caches.pop()
 
   def put(self, cache):
     self.new.append(cache)
@@ -53,8 +57,8 @@ class Stream:
 
   def check_done(self):
     if self._caches:
-      raise ValueError(f'{len(self._caches)} caches were left unread: the cache is not this '
-                       "model's (or not of a chunk of this shape).")
+      raise ValueError(f'{len(self._caches)} caches were left unread: the state is not this '
+                       "model's.")
 
 
 class Conv(nnx.Module):
