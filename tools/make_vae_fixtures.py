@@ -20,9 +20,10 @@ Needs PyTorch and diffusers, never the package or its tests:
                     pipelines do), decoded (vae.decode(mean), clamped to [-1, 1]) and
                     decoded_raw (the same decode before the clamp)
 The Wan2.1 names (of the tiny and the full-size model) are checked against diffusers' own
-converter (convert_wan_vae_to_diffusers) before anything is written. The model has Wan2.1's layout (dim_mult [1, 2, 4, 4], 2 residual
-blocks a level, temporal downsampling in the last two levels) at base_dim 2: that converter
-knows only this layout (fixed block indices), and it keeps the files small (59k weights).
+converter (convert_wan_vae_to_diffusers) before anything is written. The tiny model has
+Wan2.1's layout (dim_mult [1, 2, 4, 4], 2 residual blocks a level, temporal downsampling in the
+last two levels) at base_dim 2: that converter knows only this layout (fixed block indices), and
+it keeps the files small (59k weights).
 """
 
 import json
