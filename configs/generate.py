@@ -23,12 +23,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMOS = {'occluded_objects': 'demo', 'photo_pan': 'demo/photo_pan'}  # dataset -> demo directory
 
 
+# data fields that decide what a demo's clips are like (its camera paths, the revisit mask):
+# held-out clips for it are drawn with the values it was trained with
+DEMO_DATA_FIELDS = ('trajectories', 'camera_step', 'revisit_horizon')
+
+
+def _demo_saved(demo: str) -> dict:
+  with open(os.path.join(REPO, demo, 'student', 'config.json')) as f:
+    return json.load(f)
+
+
 def demo_model_fields(demo: str) -> dict:
   """The model fields (checkpoints.MODEL_FIELDS) the demo's student was trained with, from its
   config.json: frame_cond_dim, frame_cond_scale (a field a config.json lacks keeps its default)."""
-  with open(os.path.join(REPO, demo, 'student', 'config.json')) as f:
-    saved = json.load(f)['model']
+  saved = _demo_saved(demo)['model']
   return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in MODEL_FIELDS}
+
+
+def demo_data_fields(demo: str) -> dict:
+  """The DEMO_DATA_FIELDS the demo's student was trained with (those its config.json has)."""
+  saved = _demo_saved(demo)['data']
+  return {k: saved[k] for k in DEMO_DATA_FIELDS if k in saved}
 
 
 def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
@@ -95,6 +110,7 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
     c.context = 'test'
     c.context_frames = 4
     c.model.update(demo_model_fields(demo))
+    c.data.update(demo_data_fields(demo))
     c.checkpoint = f'{demo}/student'
     c.head.checkpoint = f'{demo}/head'
     c.oracle.teacher = f'{demo}/teacher'

@@ -52,3 +52,20 @@ def test_a_dataset_without_a_demo_model_is_refused(module):
   # a dataset there selects a demo model, which exists for size small only
   with pytest.raises(ValueError, match='goes with size small'):
     importlib.import_module(module).get_config('tiny,photo_pan')
+
+
+@pytest.mark.parametrize('arg, demo', [('small', 'demo'), ('small,photo_pan', 'demo/photo_pan')])
+def test_a_demo_config_draws_the_clips_its_student_was_trained_on(arg, demo):
+  """The held-out clips of a demo's generation and sweep configs come from the data its student
+  was trained with (its camera paths and revisit mask), read here from the shipped config.json."""
+  import json
+  import os
+  from configs import generate
+  from configs.sweeps import budget
+  with open(os.path.join(generate.REPO, demo, 'student', 'config.json')) as f:
+    trained = json.load(f)['data']
+  for c in (generate.get_config(arg), budget.get_config(arg)):
+    for field in generate.DEMO_DATA_FIELDS:
+      if field in trained:
+        assert c.data[field] == trained[field], field
+  assert ('fov' in budget.get_config(arg).policies) == ('photo_pan' in arg)

@@ -21,6 +21,8 @@ def get_config(arg: str = 'small'):
   # NAME@frame: that policy with cache.granularity='frame' (a frame kept or evicted whole)
   c.policies = ('full', 'window', 'sink_window', 'h2o', 'random', 'pafu', 'oracle', 'h2o@frame',
                 'pafu@frame')
+  if common.parse_arg(arg).dataset == 'photo_pan':
+    c.policies += ('fov',)       # a planned camera path: fov knows what it returns to
   c.budgets = (3, 4, 8)          # cache.budget_frames of each bounded policy (with 1 sink frame
                                  # and the incoming one protected, 2 would leave no choice)
   c.seeds = (0,)                 # noise seeds; each runs every policy and budget
