@@ -4,6 +4,8 @@
 
 Writes DIR/samples.npz (`videos` [N, T, H, W, C] in [-1, 1]), DIR/videos/sample_XXXX.gif,
 DIR/metrics.json (policy, cache size, seconds per frame, compilations) and DIR/config.json.
+A latent model with --config.vae=PATH (a Wan2.1 VAE) also gets its samples decoded chunk by chunk
+to DIR/videos/sample_XXXX.mp4 and .gif; samples.npz keeps the latents.
 """
 
 import sys
