@@ -113,11 +113,17 @@ def plan(cfg: PrepareConfig) -> list[Job]:
     raise ValueError(f'{len(have)} of {len(jobs)} videos have a prompt embedding (NAME.npz beside '
                      f'NAME.mp4); these do not: {", ".join(missing[:5])}. Give every video one, '
                      'or none (then the label conditions it).')
+  widths = {}
   for j in have:
     shape = latents_lib.npz_shapes(j.prompt).get(conditioning.PROMPT_KEY)
     if shape is None or len(shape) != 2:
       raise ValueError(f'{j.prompt} needs `{conditioning.PROMPT_KEY}` [L, D] (found '
                        f'{latents_lib.npz_shapes(j.prompt)}).')
+    widths.setdefault(shape[1], j.prompt)
+  if len(widths) > 1:
+    (a, pa), (b, pb) = list(widths.items())[:2]
+    raise ValueError(f'Prompt embeddings of two widths: {pa} has D={a}, {pb} has D={b}; one text '
+                     'encoder embeds them all (umT5: 4096).')
   return jobs
 
 
