@@ -91,10 +91,10 @@ def test_train_generate_to_mp4_and_sweep_in_pixels(latent_folder, tmp_path):
     losses = [json.loads(l).get('loss') for l in open(os.path.join(workdir, 'metrics.jsonl'))]
     assert losses and all(np.isfinite(x) for x in losses if x is not None)
 
-  # a pafu rollout continuing the test clips' first latent frame, decoded to MP4 and GIF
-  gen = tiny_config(policy='pafu', context='test', context_frames=1, vae=VAE, num_samples=2,
-                    checkpoint=student, **{**LATENT, 'data.folder': str(folder),
-                                           'head.checkpoint': head, 'cache.budget_frames': 3})
+  # a rollout continuing the test clips' first latent frame, decoded to MP4 and GIF (with the
+  # sweep's batch, clips and `full` cache: the sweep's full runs reuse its compiled steps)
+  gen = tiny_config(policy='full', context='test', context_frames=1, vae=VAE, num_samples=2,
+                    checkpoint=student, **{**LATENT, 'data.folder': str(folder)})
   checkpoints.adopt_model_fields(gen, student, {})
   metrics = generation.generate(gen, str(tmp_path / 'gen'))
   latents = np.load(tmp_path / 'gen' / 'samples.npz')['videos']
@@ -110,22 +110,23 @@ def test_train_generate_to_mp4_and_sweep_in_pixels(latent_folder, tmp_path):
   manifest = json.load(open(tmp_path / 'gen' / 'manifest.json'))
   assert manifest[1]['mp4'] == 'videos/sample_0001.mp4'
 
-  # the sweep scores the latent runs in pixel space
+  # the sweep scores the latent runs, of the full cache and the trained head's, in pixel space
   cfg = importlib.import_module('configs.sweeps.budget').get_config('tiny')
   cfg = override(cfg, **{**LATENT, 'data.folder': str(folder), 'checkpoint': student,
-                         'vae': VAE, 'policies': ('full', 'window'), 'budgets': (2,),
+                         'head.checkpoint': head, 'vae': VAE, 'policies': ('full', 'pafu'),
+                         'budgets': (2,),
                          'compare_budget': 2, 'num_clips': 2, 'batch_size': 2, 'num_frames': 4,
                          'context_frames': 1, 'sampling.timesteps': (1000, 500)})
   checkpoints.adopt_model_fields(cfg, student, {})
   rows = sweep.Sweep(cfg, str(tmp_path / 'sweep')).run()
-  assert [r['policy'] for r in rows] == ['full', 'window']
+  assert [r['policy'] for r in rows] == ['full', 'pafu']
   assert all(np.isfinite(r['psnr_gt']) and r['memory_psnr'] is None for r in rows)
-  run = json.load(open(tmp_path / 'sweep' / 'runs' / 'window_b2_s0.json'))
+  run = json.load(open(tmp_path / 'sweep' / 'runs' / 'pafu_b2_s0.json'))
   assert run['run_key']['vae']['path'] == os.path.abspath(VAE)
   assert np.shape(run['psnr_gt']) == (2, 13 - 1)  # pixel frames after the given first one
   vae = weights.load_vae(VAE)
   gen_px = pixels.decode_videos(vae, np.load(tmp_path / 'sweep' / 'runs' /
-                                             'window_b2_s0.npz')['videos'])
+                                             'pafu_b2_s0.npz')['videos'])
   from pafukv_jax import data
   gt_px = pixels.decode_videos(vae, data.first_clips(cfg.data, 'test', 2)['video'])
   np.testing.assert_allclose(run['psnr_gt'], video_metrics.psnr(gen_px[:, 1:], gt_px[:, 1:]),
