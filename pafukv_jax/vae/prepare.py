@@ -249,7 +249,8 @@ def main(argv=None):
   h, w = done['latent_size']
   print(f'{args.out}: {done["written"]} written, {done["skipped"]} already there. Train on it '
         f'with --config.data.dataset=latents --config.data.folder={args.out} '
-        f"--config.data.image_size='({h}, {w})' --config.model.channels={done['z_dim']} "
+        f"--config.data.image_size='({h}, {w})' --config.model.image_size='({h}, {w})' "
+        f"--config.model.channels={done['z_dim']} "
         f'--config.data.num_frames=N (N <= {done["latent_frames"]} latent frames)'
         + (' --config.model.num_classes=0' if done['prompts'] else ''))
 
