@@ -99,6 +99,8 @@ def test_train_generate_to_mp4_and_sweep_in_pixels(latent_folder, tmp_path):
   metrics = generation.generate(gen, str(tmp_path / 'gen'))
   latents = np.load(tmp_path / 'gen' / 'samples.npz')['videos']
   assert latents.shape == (2, 4, 4, 4, Z_DIM)
+  given = np.stack([np.load(folder / 'test' / f'{n}.npz')['video'][:1] for n in 'ef'])
+  np.testing.assert_allclose(latents[:, :1], given, atol=1e-6)  # the latents as stored
   assert metrics['decoded_frames'] == 13 and metrics['decoded_size'] == [SIZE, SIZE]
   mp4 = tmp_path / 'gen' / 'videos' / 'sample_0001.mp4'
   frames = iio.imread(mp4, plugin='FFMPEG')
