@@ -8,8 +8,8 @@ import os
 
 
 def fingerprint(path: str):
-  """What identifies a checkpoint directory (or a weights file): its path, and its files' count, bytes and newest
-  modification time (a retrained checkpoint at the same path changes these)."""
+  """What identifies a checkpoint directory (or a weights file, a Wan2.1_VAE.pth): its path,
+  and its files' count, bytes and newest modification time (a retrained checkpoint at the same path changes these)."""
   if not path:
     return None
   files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path)

@@ -1,4 +1,4 @@
-"""Encodes a folder of videos once with the Wan2.1 VAE into the latent clips dataset='latents' reads.
+"""Encodes a folder of videos once with the Wan2.1 VAE into the latent clips of dataset='latents'.
 
   python -m pafukv_jax.vae.prepare --vae=PATH --videos=DIR --out=DIR [--num_frames=N] [--size=HxW]
 
@@ -183,7 +183,8 @@ def write_atomic(path: Path, arrays: dict) -> None:
 
 
 def prepare(cfg: PrepareConfig, tty: bool | None = None) -> dict:
-  """Encodes the videos not encoded yet; returns {written, skipped, latent_shape, ...}."""
+  """Encodes the videos not encoded yet: {written, skipped, files, z_dim, latent_size (h, w),
+  latent_frames (the shortest file's), prompts (whether they carry prompt embeddings)}."""
   vae_cfg = weights.read_vae_config(cfg.vae)
   f, s = vae_cfg.temporal_factor, vae_cfg.spatial_factor
   if cfg.num_frames < 0 or (cfg.num_frames and (cfg.num_frames - 1) % f):
