@@ -147,7 +147,9 @@ def _check_settings(out: Path, settings: dict) -> None:
                        'a new --out, or delete it to encode again.')
   else:
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1))
+    tmp = path.with_name(path.name + PARTIAL)
+    tmp.write_text(json.dumps(settings, indent=1))
+    os.replace(tmp, path)
 
 
 def encode_file(vae, job: Job, size, num_frames: int) -> dict:
