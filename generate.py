@@ -4,6 +4,8 @@
 
 Writes DIR/samples.npz (`videos` [N, T, H, W, C] in [-1, 1]), DIR/videos/sample_XXXX.gif,
 DIR/metrics.json (policy, cache size, seconds per frame, compilations) and DIR/config.json.
+A latent model with --config.vae=PATH (a Wan2.1 VAE) also gets its samples decoded chunk by chunk
+to DIR/videos/sample_XXXX.mp4 and .gif; samples.npz keeps the latents.
 """
 
 import sys
@@ -41,6 +43,10 @@ def main(argv):
         f"{FLAGS.workdir}; {'n/a' if spf is None else f'{1000 * spf:.1f} ms'}/frame, "
         f"cache {metrics['cache_bytes'] / 2**20:.2f} MiB, compilations: "
         + ', '.join(f'{name} {n}' for name, n in metrics['compiles_by_function'].items()))
+  if 'decoded_frames' in metrics:
+    h, w = metrics['decoded_size']
+    print(f"decoded by {metrics['vae']}: {FLAGS.workdir}/videos/sample_XXXX.mp4 and .gif, "
+          f"{metrics['decoded_frames']} frames of {h}x{w}, in {metrics['decode_seconds']:.1f} s")
 
 
 if __name__ == '__main__':

@@ -72,6 +72,9 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
                                 # sample i takes row i mod N ('' = the context clips' own)
   c.checkpoint = ''             # student checkpoint dir; '' = random weights (smoke runs, speed)
   c.init_seed = 0               # weights when checkpoint is empty
+  c.vae = ''                    # a latent model's Wan2.1 VAE (diffusers vae/ or Wan2.1_VAE.pth):
+                                # its samples decoded chunk by chunk to videos/sample_XXXX.mp4 and
+                                # .gif (native size); sweeps score them in pixel space; '' = none
 
   c.cache = ml_collections.ConfigDict()
   c.cache.budget_frames = 8     # capacity in frames (tokens = frames x tokens per frame)

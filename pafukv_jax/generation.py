@@ -20,6 +20,7 @@ from pafukv_jax.compile_counter import CompileCounter
 from pafukv_jax.models.dit import DiTConfig, init_model
 from pafukv_jax.salience.head import init_head
 from pafukv_jax.salience.oracle import OracleScores
+from pafukv_jax.vae import pixels
 
 OUTPUTS = ('samples.npz', 'metrics.json', 'manifest.json', 'videos')
 
@@ -111,12 +112,15 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   if cfg.num_samples < 1 or cfg.batch_size < 1:
     raise ValueError('num_samples and batch_size must be >= 1.')
   model_cfg, rc, spec = parse_config(cfg)
+  if cfg.get('vae'):  # z_dim against the model's channels: no weights read yet
+    pixels.check_vae(cfg.vae, model_cfg.channels)
   check_workdir(workdir, overwrite)
   context, frame_cond, context_cond = context_lib.load_context(cfg, model_cfg)
   if cfg.policy == 'fov' and frame_cond is None:
     raise ValueError("policy='fov' scores tokens by the planned camera path: give a context "
                      "with frame_cond (--config.context=test on photo_pan, or an .npz with it).")
   cond, prompt_rows = context_lib.sample_conditioning(cfg, model_cfg, context_cond)
+  vae = pixels.load_vae(cfg.vae, model_cfg.channels) if cfg.get('vae') else None
   model = build_model(model_cfg, cfg.checkpoint, cfg.init_seed)
   head = build_head(cfg.head, model_cfg) if cfg.policy == 'pafu' else None
   runner = rollout.Rollout(model, rc, spec, head=head)
@@ -151,6 +155,9 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
   videos = np.concatenate(videos)[:cfg.num_samples].astype(np.float32)
   if model_cfg.channels in video_io.PIXEL_CHANNELS:  # pixels; latents keep their own range
     videos = np.clip(videos, -1.0, 1.0)
+  decode_start = time.perf_counter()
+  decoded = pixels.decode_videos(vae, videos, uint8=True) if vae is not None else None
+  decode_seconds = time.perf_counter() - decode_start
 
   steady = chunk_seconds[1:]
   steady_chunk = float(np.mean(steady)) if steady else None
@@ -176,25 +183,37 @@ def generate(cfg, workdir: str, overwrite: bool = False) -> dict:
       checkpoint=cfg.checkpoint or None,
       head_checkpoint=cfg.head.checkpoint if cfg.policy == 'pafu' else None,
   )
+  if vae is not None:
+    metrics.update(vae=cfg.vae, decoded_frames=decoded.shape[1],
+                   decoded_size=list(decoded.shape[2:4]), decode_seconds=decode_seconds)
   manifest = [dict(sample=i, video=f'videos/sample_{i:04d}.gif', seed=cfg.seed,
+                   **({'mp4': f'videos/sample_{i:04d}.mp4'} if vae is not None else {}),
                    **({'label': int(cond[i])} if model_cfg.num_classes else
                       {'prompt_row': int(i % prompt_rows) if prompt_rows else None}),
                    context=int(i % len(context)) if context is not None
                    else None, policy=cfg.policy) for i in range(cfg.num_samples)]
-  _write_outputs(workdir, videos, metrics, manifest, cfg)
+  _write_outputs(workdir, videos, metrics, manifest, cfg, decoded)
   return metrics
 
 
-def _write_outputs(workdir, videos, metrics, manifest, cfg):
-  """Writes into a fresh folder beside the outputs, then moves each into place."""
+def _write_outputs(workdir, videos, metrics, manifest, cfg, decoded=None):
+  """Writes into a fresh folder beside the outputs, then moves each into place. `decoded`: the
+  VAE's pixels of latent `videos`, written as MP4 and GIF at their own size (video.scale is for
+  the small models' frames)."""
   os.makedirs(workdir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.generate-', dir=workdir)
   try:
     np.savez(os.path.join(tmp, 'samples.npz'), videos=videos)
     os.makedirs(os.path.join(tmp, 'videos'))
     for i, video in enumerate(videos):
-      video_io.write_gif(os.path.join(tmp, 'videos', f'sample_{i:04d}.gif'), video_io.viewable(video),
-                         fps=cfg.video.fps, scale=cfg.video.scale)
+      name = os.path.join(tmp, 'videos', f'sample_{i:04d}')
+      if decoded is not None:
+        frames = decoded[i]
+        video_io.write_video(name + '.mp4', frames, fps=cfg.video.fps)
+        video_io.write_video(name + '.gif', frames, fps=cfg.video.fps)
+        continue
+      video_io.write_gif(name + '.gif', video_io.viewable(video), fps=cfg.video.fps,
+                         scale=cfg.video.scale)
     with open(os.path.join(tmp, 'metrics.json'), 'w') as f:
       json.dump(metrics, f, indent=2)
     with open(os.path.join(tmp, 'manifest.json'), 'w') as f:

@@ -11,6 +11,7 @@ mov, mkv, webm... need ffmpeg:
 `pip install imageio-ffmpeg`.
 """
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +26,14 @@ VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.mov', '.avi', '.mkv', '.webm', '.mpg', '.m
 SPLIT_FOLDERS = ('train', 'validation', 'test')
 
 
-def read_video(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-  """uint8 [T, H, W, 3]; a ValueError that names the file and the fix when it cannot be read."""
+def read_video(path: str | os.PathLike, size: tuple[int, int],
+               max_frames: int | None = None) -> np.ndarray:
+  """uint8 [T, H, W, 3] (the first max_frames frames only, if given: the rest is not decoded); a
+  ValueError that names the file and the fix when it cannot be read."""
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
   path = Path(path)
   try:
-    frames = resize_video(iio.imiter(path), size)
+    frames = resize_video(itertools.islice(iio.imiter(path), max_frames), size)
   except Exception as e:  # pylint: disable=broad-except  (decoders raise anything)
     hint = ''
     if path.suffix.lower() != '.gif' and not _has_ffmpeg():

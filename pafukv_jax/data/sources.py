@@ -103,11 +103,12 @@ def frame_cond_dim(cfg: ml_collections.ConfigDict) -> int | None:
 
 def first_clips(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> dict[str, np.ndarray]:
   """The first num_clips examples of cfg's `split` (fewer if it is smaller), each feature stacked
-  over clips; `video` as float32 in [-1, 1]."""
+  over clips; `video` as float32: pixels in [-1, 1], latents (dataset='latents') as stored."""
   source = open_source(_only_what_is_read(cfg, split, num_clips), split)
   rows = [source[i] for i in range(min(num_clips, len(source)))]
   clips = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-  clips['video'] = pipeline.uint8_to_float(clips['video'])
+  if clips['video'].dtype == np.uint8:  # pixels as stored; latents are float already
+    clips['video'] = pipeline.uint8_to_float(clips['video'])
   return clips
 
 

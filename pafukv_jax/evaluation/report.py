@@ -27,9 +27,13 @@ LABELS = dict(memory_psnr='memory score (PSNR on revisited content, dB)',
               psnr_full='PSNR vs full cache (dB)', ssim_full='SSIM vs full cache')
 
 
-def write(workdir, cfg, rows, results, compare, clips_video):
+def write(workdir, cfg, rows, results, compare, clips_video, timeline=None):
   """The tables, plots and videos of a sweep: `rows` from scores.aggregate(results); `compare`,
-  policy -> videos of the first seed at compare_budget; `clips_video`, the ground truth."""
+  policy -> videos of the first seed at compare_budget; `clips_video`, the ground truth.
+  timeline: (given frames, frames) of the scored videos when they are not the sweep's own
+  (context_frames, num_frames): a latent run scored on its decoded pixels."""
+  scale = cfg.video.scale if timeline is None else 1  # decoded pixels are large already
+  timeline = timeline or (cfg.context_frames, cfg.num_frames)
   atomic(os.path.join(workdir, 'results.json'), lambda p: dump_json(p, rows))
   atomic(os.path.join(workdir, 'results.csv'), lambda p: write_csv(p, rows))
   paired = scores.paired_memory(results, cfg.paired_references)
@@ -37,13 +41,13 @@ def write(workdir, cfg, rows, results, compare, clips_video):
     atomic(os.path.join(workdir, 'paired.csv'), lambda p: write_csv(p, paired))
   plot_dir = os.path.join(workdir, 'plots')
   os.makedirs(plot_dir, exist_ok=True)
-  _plots(plot_dir, cfg, rows, results)
+  _plots(plot_dir, cfg, rows, results, timeline)
   video_dir = os.path.join(workdir, 'videos')
   os.makedirs(video_dir, exist_ok=True)
-  _videos(video_dir, cfg, compare, clips_video)
+  _videos(video_dir, cfg, compare, clips_video, timeline[0], scale)
 
 
-def _plots(plot_dir, cfg, rows, results):
+def _plots(plot_dir, cfg, rows, results, timeline):
   budgets = sorted(cfg.budgets)
   for metric in ('memory_psnr', 'psnr_full', 'ssim_gt'):
     series = {r['policy']: ([], []) for r in rows if r['budget_frames'] is not None}
@@ -64,7 +68,7 @@ def _plots(plot_dir, cfg, rows, results):
   plots.line_plot(os.path.join(plot_dir, 'memory_psnr_vs_ms_per_frame.png'), series,
                   'ms per generated frame', LABELS['memory_psnr'],
                   'memory score vs speed (one point per budget)')
-  frames = np.arange(cfg.context_frames, cfg.num_frames)
+  frames = np.arange(*timeline)
   for metric in ('psnr_gt', 'psnr_full'):
     series = {}
     for r in results:
@@ -78,7 +82,7 @@ def _plots(plot_dir, cfg, rows, results):
           series[r['policy']] = (frames, np.nanmean(per_frame, axis=0))
     plots.line_plot(os.path.join(plot_dir, f'{metric}_per_frame.png'), series, 'frame',
                     LABELS[metric], f'{mode_title(cfg)}per frame, budget {cfg.compare_budget} '
-                    f'frames (first {cfg.context_frames} given)')
+                    f'frames (first {timeline[0]} given)')
 
 
 def mode_title(cfg):
@@ -86,15 +90,15 @@ def mode_title(cfg):
   return '' if cfg.mode == 'rollout' else f'teacher-forced from t = {cfg.noise_level:g}, '
 
 
-def _videos(video_dir, cfg, compare, clips_video):
+def _videos(video_dir, cfg, compare, clips_video, given_frames, scale):
   for i in range(min(cfg.num_videos, cfg.num_clips)):
     panels = {}
     for name in cfg.side_by_side:
       video = clips_video[i] if name == GROUND_TRUTH else compare[name][i]
       label = name if name in (GROUND_TRUTH, 'full') else f'{name} {cfg.compare_budget}f'
-      panels[label] = video
-    frames = video_io.side_by_side(panels, scale=cfg.video.scale,
-                                   given_frames=cfg.context_frames)
+      panels[label] = video_io.viewable(video)  # latents without a VAE: a preview
+    frames = video_io.side_by_side(panels, scale=scale,
+                                   given_frames=given_frames)
     video_io.write_video(os.path.join(video_dir, f'side_by_side_{i:02d}.gif'), frames,
                          fps=cfg.video.fps)
 

@@ -8,11 +8,12 @@ import os
 
 
 def fingerprint(path: str):
-  """What identifies a checkpoint directory: its path, and its files' count, bytes and newest
-  modification time (a retrained checkpoint at the same path changes these)."""
+  """What identifies a checkpoint directory (or a weights file, a Wan2.1_VAE.pth): its path,
+  and its files' count, bytes and newest modification time (a retrained checkpoint at the same path changes these)."""
   if not path:
     return None
-  files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+  files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path)
+                                               for f in fs]
   stats = [os.stat(f) for f in files]
   return dict(path=os.path.abspath(path), files=len(files), bytes=sum(st.st_size for st in stats),
               mtime=max((st.st_mtime for st in stats), default=0.0))

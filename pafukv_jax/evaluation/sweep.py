@@ -32,7 +32,9 @@ from pafukv_jax.cache.fov import fov_scores
 from pafukv_jax.cache.kv_cache import GRANULARITIES
 from pafukv_jax.evaluation import report, run_keys, scores, teacher_forced
 from pafukv_jax.evaluation.report import GROUND_TRUTH
+from pafukv_jax.evaluation.pixel_space import PixelSpace
 from pafukv_jax.evaluation.scores import split_variant
+from pafukv_jax.vae import pixels
 
 
 def is_bounded(spec):
@@ -140,6 +142,8 @@ def check_config(cfg):
   if cfg.checkpoint and not os.path.isdir(cfg.checkpoint):
     raise FileNotFoundError(f'checkpoint {cfg.checkpoint} does not exist.')
   generation.check_stages(cfg, base_policies)
+  if cfg.get('vae'):  # scored in pixel space: the VAE must decode this model's latents
+    pixels.check_vae(cfg.vae, model_cfg.channels)
   if cfg.data.num_frames != cfg.num_frames or tuple(cfg.data.image_size) != tuple(
       model_cfg.image_size):
     raise ValueError(f'data clips ({cfg.data.num_frames} frames of {tuple(cfg.data.image_size)}) '
@@ -150,11 +154,14 @@ def check_config(cfg):
 
 def load_clips(cfg):
   """The first num_clips held-out clips: video [N, T, H, W, C] in [-1, 1], label, frame_cond,
-  revisit_mask [N, T, H, W]."""
+  revisit_mask [N, T, H, W] (all False for data without one, a folder of videos or latents:
+  their memory score is None, the other metrics are scored)."""
   clips = data.first_clips(cfg.data, 'test', cfg.num_clips)
   if len(clips['video']) < cfg.num_clips:
     raise ValueError(f'The test split has {len(clips["video"])} clips; num_clips={cfg.num_clips}.')
-  clips['revisit_mask'] = clips['revisit_mask'].astype(bool)
+  mask = clips.get('revisit_mask')
+  clips['revisit_mask'] = (np.zeros(clips['video'].shape[:4], bool) if mask is None
+                           else mask.astype(bool))
   return clips
 
 
@@ -180,6 +187,9 @@ class Sweep:
     if any(split_variant(p)[0] == 'fov' for p in cfg.policies) and 'frame_cond' not in self.clips:
       raise ValueError(f"policy 'fov' needs the clips' camera path: {cfg.data.dataset} has none.")
     self._head = self._oracle = None
+    # a latent model with its VAE: runs keep their latents and are scored on their decoded pixels
+    self.vae = pixels.load_vae(cfg.vae, self.model_cfg.channels) if cfg.get('vae') else None
+    self.pixels = self.vae and PixelSpace(self.vae, self.clips, cfg.context_frames, cfg.num_frames)
 
   # -- one run --------------------------------------------------------------------------------
 
@@ -198,6 +208,8 @@ class Sweep:
                full_cache=dataclasses.asdict(self.cache_specs['full', None]))
     if cfg.mode != 'rollout':  # rollout runs keep the keys they had before modes existed
       key['mode'] = dict(name=cfg.mode, noise_level=cfg.noise_level)
+    if self.vae is not None:  # scored in pixel space, latents unclipped
+      key['vae'] = self.fingerprints.setdefault(cfg.vae, run_keys.fingerprint(cfg.vae))
     if policy == 'pafu':
       key['head'] = dict(checkpoint=self.fingerprints[cfg.head.checkpoint])
     if policy == 'oracle':
@@ -261,7 +273,9 @@ class Sweep:
       videos.append(np.asarray(out.videos))
       seconds += out.chunk_seconds[1:]  # the first chunk of a rollout includes compilation
     spf = float(np.mean(seconds)) / cfg.chunk_frames if seconds else float('nan')
-    videos = np.clip(np.concatenate(videos)[:cfg.num_clips], -1, 1)
+    videos = np.concatenate(videos)[:cfg.num_clips]
+    if self.vae is None:  # (with a VAE: latents, decoded unclipped as generate.py writes them)
+      videos = np.clip(videos, -1, 1)
     return videos, spf, runner.cache_bytes(cfg.batch_size) // cfg.batch_size
 
   def run_one(self, policy, budget, seed, full_videos):
@@ -272,14 +286,16 @@ class Sweep:
         return json.load(f), np.load(path + '.npz')['videos']
     videos, spf, cache_bytes = self._generate(policy, budget, seed, full_videos)
     reference = videos if full_videos is None else full_videos
+    scored = (videos, reference, self.clips, self.cfg.context_frames)
+    if self.vae is not None:
+      scored = self.pixels.score_args(name, videos, run_name('full', None, seed), reference)
     result = dict(policy=policy, budget_frames=budget if is_bounded(policy) else None,
                   mode=self.cfg.mode,
                   run_key=self.run_key(policy, budget, seed),
                   seed=seed, seconds_per_frame=spf, frames_per_second=1.0 / spf,
                   cache_bytes_per_sample=int(cache_bytes),
-                  **scores.score_run(videos, reference, self.clips, self.cfg.context_frames,
-                                     self.cfg.mode == 'rollout' and data.static_scene(
-                                         self.cfg.data)))
+                  **scores.score_run(*scored, self.cfg.mode == 'rollout' and self.vae is None
+                                     and data.static_scene(self.cfg.data)))
     report.atomic(path + '.npz', lambda p: np.savez(p, videos=videos))
     report.atomic(path + '.json', lambda p: report.dump_json(p, result))
     return result, videos
@@ -312,5 +328,9 @@ class Sweep:
           if seed == cfg.seeds[0] and budget == cfg.compare_budget:
             compare[policy] = videos
     rows = scores.aggregate(results)
-    report.write(self.workdir, cfg, rows, results, compare, self.clips['video'])
+    truth, timeline = self.clips['video'], None
+    if self.vae is not None:  # the side-by-side videos and per-frame curves in pixels
+      compare = self.pixels.compare(compare, min(cfg.num_videos, cfg.num_clips))
+      truth, timeline = self.pixels.clips()['video'], self.pixels.timeline
+    report.write(self.workdir, cfg, rows, results, compare, truth, timeline)
     return rows

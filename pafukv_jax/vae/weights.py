@@ -219,6 +219,15 @@ def load_original(path: str, cfg: VaeConfig | None = None, dtype=jnp.float32) ->
   return build(cfg, to_params(diffusers, cfg, names=renamed), dtype)
 
 
+def read_vae_config(path: str) -> VaeConfig:
+  """The VaeConfig of a diffusers vae/ directory or a Wan2.1_VAE.pth, without reading weights
+  (a .pth's tensors are read lazily: only their shapes): to check a VAE before any work."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'The VAE {path} does not exist: give a diffusers vae/ directory or a '
+                            'Wan2.1_VAE.pth.')
+  return read_config(path) if os.path.isdir(path) else infer_config(read_original(path))
+
+
 def load_vae(path: str, cfg: VaeConfig | None = None, dtype=jnp.float32) -> AutoencoderKLWan:
   """A diffusers vae/ directory or a Wan2.1_VAE.pth (cfg: for the latter, see load_original)."""
   if not os.path.exists(path):
