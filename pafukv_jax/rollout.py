@@ -98,7 +98,7 @@ def write_chunk(static, model, head, cache, clean, n, inputs, masses=()):
   frames, fc, camera = chunk_conditioning(static, cfg, inputs, n)
   _, aux = model(clean, jnp.zeros((b, f)), frames, inputs.context, fc, mode='cached',
                  cache=cache.read(cfg.cache_block_size), collect=policy.collect(spec, True),
-                 camera=camera)
+                 camera=camera, velocity=False)
   if 'cache_mass' in aux:
     masses = [*masses, aux['cache_mass']]
   cache = policy.receive(spec, cache, masses)

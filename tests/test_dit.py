@@ -57,6 +57,53 @@ def test_cached_chunk_equals_block_causal_forward(impl, block_size):
   np.testing.assert_allclose(out, want[:, 4:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('scan_layers', [True, False])
+def test_a_pass_without_velocity_returns_the_same_kv_and_skips_the_last_block(scan_layers):
+  """velocity=False (the pass that writes the cache) gives the K/V of the whole forward; with
+  only q, k, v collected the last block stops at them: its attention and feed-forward, and the
+  output head, are not in the program (the cache-mass pass needs its attention: kept)."""
+  model = tiny_model(scan_layers=scan_layers)
+  cfg = model.cfg
+  video, times, frames, label = _inputs(cfg, t=2)
+  cache = kv_cache.init_cache(cfg.num_layers, 2, 4 * cfg.tokens_per_frame, cfg.num_heads,
+                              cfg.head_dim)
+  run = lambda velocity, collect: model(video, times, frames, label, mode='cached',
+                                        cache=cache.read(32), collect=collect, velocity=velocity)
+  want = run(True, ('k', 'v'))[1]
+  none, got = run(False, ('k', 'v'))
+  assert none is None
+  for name in ('k', 'v'):
+    np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+  _, with_mass = run(False, ('cache_mass', 'k', 'v'))
+  np.testing.assert_allclose(with_mass['cache_mass'], run(True, ('cache_mass',))[1]['cache_mass'],
+                             atol=1e-6)
+  if scan_layers:  # in the layer loop, the last block's branch holds only the q, k, v matmuls
+    conds = [e for e in _equations(jax.make_jaxpr(lambda: run(False, ('k', 'v'))[1])().jaxpr)
+             if e.primitive.name == 'cond']
+    assert len(conds) == 1
+    dots = sorted(_count(b.jaxpr, 'dot_general') for b in conds[0].params['branches'])
+    assert dots[0] == 3 and dots[1] > 3, dots
+    assert not any(e.primitive.name == 'cond' for e in
+                   _equations(jax.make_jaxpr(lambda: run(True, ('k', 'v')))().jaxpr))
+
+
+def _equations(jaxpr):
+  """Every equation of a jaxpr, those of its sub-jaxprs (scan bodies, branches) included."""
+  for e in jaxpr.eqns:
+    yield e
+    for value in e.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, 'jaxpr', None)
+        if inner is not None and hasattr(inner, 'eqns'):
+          yield from _equations(inner)
+        elif hasattr(sub, 'eqns'):
+          yield from _equations(sub)
+
+
+def _count(jaxpr, name):
+  return sum(e.primitive.name == name for e in _equations(jaxpr))
+
+
 def test_block_causal_ignores_the_future_and_bidirectional_does_not():
   model = tiny_model()
   video, times, frames, label = _inputs(model.cfg)

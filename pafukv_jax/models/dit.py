@@ -84,6 +84,15 @@ class DiTBlock(nnx.Module):
     internals['hidden'] = x.reshape(b, t * s, d)  # the block's output, per token
     return x, internals
 
+  def qkv(self, x, e, angles):
+    """The self-attention's q, k, v of this block's input, as __call__ computes them, and no
+    more: a pass that only writes the cache needs nothing else of the last block."""
+    b, t, s, d = x.shape
+    mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]
+    h = self.norm1(x) * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    q, k, v = self.self_attn.qkv(h.reshape(b, t * s, d).astype(x.dtype), angles)
+    return dict(q=q, k=k, v=v)
+
 
 class Head(nnx.Module):
   """Output head: modulated LayerNorm and a linear map to patch pixels."""
@@ -176,15 +185,20 @@ class VideoDiT(nnx.Module):
     e0 = self.time_projection(jax.nn.silu(e))
     return e, e0.reshape(*e0.shape[:2], 6, self.cfg.dim)
 
-  def run_blocks(self, x, e0, context, angles, mask, cache, keep=(), reduce=None):
+  def run_blocks(self, x, e0, context, angles, mask, cache, keep=(), reduce=None,
+                 kv_only_last=False):
     """All blocks (context: conditioning tokens [B, Lc, dim] or a CrossKV); returns
     (x, {name: [L, ...]}) with the internals named in `keep` (of COLLECTABLE) stacked over
     layers, or what `reduce` makes of each layer's {name: internal}. Only those are kept, so the
     layer loop carries nothing it does not return.
 
     The cache is closed over whole and every layer slices its own blocks out of it: passing
-    per-layer slices as scan inputs would copy a layer's whole capacity on every call."""
+    per-layer slices as scan inputs would copy a layer's whole capacity on every call.
+
+    kv_only_last (keep of q, k, v only): the last block computes its q, k, v and stops; the
+    returned x is then its input, not its output."""
     graphdef, state = nnx.split(self.blocks)
+    last = self.cfg.num_layers - 1
 
     per_layer = (state, (context.k, context.v)) if isinstance(context, CrossKV) else state
 
@@ -192,8 +206,18 @@ class VideoDiT(nnx.Module):
       layer_state, layer_context = layer_inputs if isinstance(context, CrossKV) else (
           layer_inputs, context)
       block = nnx.merge(graphdef, layer_state)
-      x, internals = block(x, e0, layer_context, angles, mask, cache, index,
-                           'cache_mass' in keep)
+      full = lambda x: block(x, e0, layer_context, angles, mask, cache, index,
+                             'cache_mass' in keep)
+      if not kv_only_last:
+        x, internals = full(x)
+      elif isinstance(index, int):  # unrolled
+        x, internals = (x, block.qkv(x, e0, angles)) if index == last else full(x)
+      else:  # scanned: both branches return the same structure
+        def whole(x):
+          y, internals = full(x)
+          return y, {n: internals[n] for n in ('q', 'k', 'v')}
+        x, internals = jax.lax.cond(index == last, lambda x: (x, block.qkv(x, e0, angles)),
+                                    whole, x)
       x = parallel.constrain_batch(x)
       kept = {name: internals[name] for name in keep}
       return x, (reduce(kept) if reduce else kept)
@@ -210,7 +234,8 @@ class VideoDiT(nnx.Module):
   # -- forward --------------------------------------------------------------------------------
 
   def __call__(self, video, t, frame_index, cond, frame_cond=None, *, mode='bidirectional',
-               chunk_frames=1, cache=None, collect=(), reduce=None, camera=None):
+               chunk_frames=1, cache=None, collect=(), reduce=None, camera=None,
+               velocity=True):
     """Predicts the flow velocity for `video` [B, T, H, W, C]; returns (velocity, aux).
 
     t: [B, T] noise level of every frame in [0, 1] (0 = clean).
@@ -228,6 +253,8 @@ class VideoDiT(nnx.Module):
     camera: with rope_positions='world', the camera's position [B, T, 2] at these frames
       (rope.camera_path of the whole video, sliced); default: the path of frame_cond, which is
       right when these frames are a whole video from frame 0.
+    velocity: False when only `aux` is wanted (the pass that writes the cache): the velocity is
+      None, and with collect of q, k, v only the last block stops at its K/V.
     Returns velocity [B, T, H, W, C] (float32) and aux {name: array} for the names collected.
     """
     if mode not in ATTENTION_MODES:
@@ -256,10 +283,12 @@ class VideoDiT(nnx.Module):
     mask = None
     if mode == 'block_causal':
       mask = block_causal_mask(positions[..., 0].astype(jnp.int32), chunk_frames)
-    x, aux = self.run_blocks(x, e0, context, angles, mask, cache, tuple(sorted(set(collect))),
-                             reduce)
-    velocity = self.unpatchify(self.head(x, e)).astype(jnp.float32)
-    return velocity, aux
+    keep = tuple(sorted(set(collect)))
+    x, aux = self.run_blocks(x, e0, context, angles, mask, cache, keep, reduce,
+                             kv_only_last=not velocity and set(keep) <= {'q', 'k', 'v'})
+    if not velocity:
+      return None, aux
+    return self.unpatchify(self.head(x, e)).astype(jnp.float32), aux
 
 
 def init_model(cfg: DiTConfig, seed: int = 0) -> VideoDiT:
