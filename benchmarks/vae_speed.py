@@ -288,8 +288,8 @@ def main(argv):
         sides = ['project']
         if not FLAGS.skip_reference and (h, w) in ref_sizes:
           sides = ['reference', 'project'] if rnd % 2 == 0 else ['project', 'reference']
-        got = {side: run_worker(side, cfg, os.path.join(log_dir, f'r{rnd}_{h}x{w}_{op}_{side}.log'))
-               for side in sides}
+        logs = {side: os.path.join(log_dir, f'r{rnd}_{h}x{w}_{op}_{side}.log') for side in sides}
+        got = {side: run_worker(side, cfg, logs[side]) for side in sides}
         runs.append(dict(round=rnd, size=label(h, w), op=op, **got))
         parts = []
         for side in ('project', 'reference'):
