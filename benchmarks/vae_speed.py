@@ -263,7 +263,8 @@ def table(rows):
     pfirst = (f'{r["project_first_s"]:.1f} ({r["project_compile_s"]:.1f})'
               if 'project_first_s' in r else '-')
     rfirst = f'{r["reference_first_s"]:.2f}' if 'reference_first_s' in r else '-'
-    rss = f'{r.get("project_rss_mib", float("nan")):.0f}, {r.get("reference_rss_mib", float("nan")):.0f}'
+    nan = float('nan')
+    rss = f'{r.get("project_rss_mib", nan):.0f}, {r.get("reference_rss_mib", nan):.0f}'
     if 'rss_ratio' in r:
       rss += f' ({r["rss_ratio"]:.2f})'
     lines.append(f'| {r["size"]} | {r["op"]} | {cell(r, "project")} | {cell(r, "reference")} | '
