@@ -36,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 
+from benchmarks import quiet
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_WORKER = os.path.join(ROOT, 'benchmarks', 'vae_reference_worker.py')
 OPS = ('encode', 'decode')
@@ -166,23 +168,6 @@ def check_flags():
   return sizes, ref_sizes
 
 
-def _busy():
-  with open('/proc/stat') as f:
-    vals = [int(x) for x in f.readline().split()[1:9]]
-  return sum(vals) - vals[3] - vals[4], sum(vals)
-
-
-def wait_quiet(max_s, idle=0.9, sample_s=2.0):
-  """Waits (at most max_s) until the CPUs were >= 90% idle over two samples; returns seconds."""
-  start, streak, (b0, t0) = time.time(), 0, _busy()
-  while streak < 2 and time.time() - start < max_s:
-    time.sleep(sample_s)
-    b1, t1 = _busy()
-    streak = streak + 1 if 1 - (b1 - b0) / max(1, t1 - t0) >= idle else 0
-    b0, t0 = b1, t1
-  return time.time() - start
-
-
 def run_worker(side, cfg, log):
   """Runs one measurement in its own process; its RESULT, with the process's exit code, wall
   time and peak RSS (or `error` where it failed: e.g. killed for memory)."""
@@ -190,7 +175,7 @@ def run_worker(side, cfg, log):
     cmd = [sys.executable, os.path.abspath(__file__), f'--worker={json.dumps(cfg)}']
   else:
     cmd = [FLAGS.reference_python, REFERENCE_WORKER, json.dumps(cfg)]
-  waited = wait_quiet(FLAGS.quiet_s)
+  waited = quiet.wait_quiet(FLAGS.quiet_s)
   start = time.perf_counter()
   with open(log, 'w') as f:
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,

@@ -27,6 +27,9 @@ import time
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import quiet  # noqa: E402  (after the path: run as a script)
 
 flags.DEFINE_string('reference_python', None, 'Python of the reference\'s venv (torch CPU).')
 flags.DEFINE_string('reference_runner', None, 'run_peer.py, the runner of the reference.')
@@ -54,26 +57,9 @@ def configs():
                    reference=dict(frames=frames, fpb=chunk, local=local, sink=sink))
 
 
-def _busy():
-  with open('/proc/stat') as f:
-    vals = [int(x) for x in f.readline().split()[1:9]]
-  return sum(vals) - vals[3] - vals[4], sum(vals)
-
-
-def wait_quiet(max_s, idle=0.9, sample_s=2.0):
-  """Waits (at most max_s) until the CPUs were >= 90% idle over two samples; returns seconds."""
-  start, streak, (b0, t0) = time.time(), 0, _busy()
-  while streak < 2 and time.time() - start < max_s:
-    time.sleep(sample_s)
-    b1, t1 = _busy()
-    streak = streak + 1 if 1 - (b1 - b0) / max(1, t1 - t0) >= idle else 0
-    b0, t0 = b1, t1
-  return time.time() - start
-
-
 def run_process(cmd, log, env=None):
   """Runs cmd, output to log; returns (exit code, wall s, peak RSS MiB) of the process."""
-  waited = wait_quiet(FLAGS.quiet_s)
+  waited = quiet.wait_quiet(FLAGS.quiet_s)
   start = time.perf_counter()
   with open(log, 'w') as f:
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
