@@ -15,4 +15,3 @@ def write_results(path: str, rows: list, **extra) -> None:
                    python=platform.python_version(), jax=jax.__version__, **extra, rows=rows),
               f, indent=1, default=str)
   print(f'wrote {path}')
-
