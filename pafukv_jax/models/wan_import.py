@@ -235,18 +235,8 @@ def to_params(weights: dict, cfg: DiTConfig) -> dict:
       flat[path] = np.stack([got[i] for i in range(want.shape[0])])
     elif got is None:
       problems.append(f'{path}: missing in the source')
-  if problems:
-    shown = '\n  '.join(problems[:20]) + ('\n  ...' if len(problems) > 20 else '')
-    raise NotAWanCheckpoint(f'the weights do not fit the model ({len(problems)} problems):\n  '
-                            f'{shown}')
-  nested = {}
-  for path, array in flat.items():
-    node = nested
-    *parents, leaf = path.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = array
-  return nested
+  weight_files.refuse_problems(problems, NotAWanCheckpoint, 'the model')
+  return weight_files.nest(flat)
 
 
 def import_weights(src: str, out: str, image_size=(60, 104), num_heads: int = 0,

@@ -170,3 +170,24 @@ def read_weights(path: str) -> dict:
   if path.endswith('.safetensors'):
     return read_safetensors(path)
   return read_torch(path)
+
+
+def refuse_problems(problems: list[str], error: type[Exception], what: str) -> None:
+  """Raises `error` listing the first 20 problems (name: what is wrong) of weights that do not
+  fit `what` (e.g. 'the model'); does nothing if there are none."""
+  if problems:
+    listed = '\n  '.join(problems[:20]) + ('\n  ...' if len(problems) > 20 else '')
+    raise error(f'the weights do not fit {what} ({len(problems)} problems):\n  {listed}')
+
+
+def nest(flat: dict, int_indices: bool = False) -> dict:
+  """{'a/b/c': x} -> {'a': {'b': {'c': x}}}; with int_indices, all-digit parts become ints
+  (list positions in an NNX state)."""
+  nested = {}
+  for path, array in flat.items():
+    node = nested
+    *parents, leaf = [int(p) if int_indices and p.isdigit() else p for p in path.split('/')]
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = array
+  return nested

@@ -114,17 +114,8 @@ def to_params(weights: dict, cfg: VaeConfig, names: dict | None = None) -> dict:
       back = path.replace('/', '.').replace('.resample.', '.resample.1.')
       back = back.replace('.kernel', '.weight').replace('.scale', '.gamma')
       problems.append(f'{shown(back)}: missing in the source')
-  if problems:
-    listed = '\n  '.join(problems[:20]) + ('\n  ...' if len(problems) > 20 else '')
-    raise NotAWanVae(f'the weights do not fit the VAE ({len(problems)} problems):\n  {listed}')
-  nested = {}
-  for path, array in flat.items():
-    node = nested
-    *parents, leaf = [int(p) if p.isdigit() else p for p in path.split('/')]
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = array
-  return nested
+  weight_files.refuse_problems(problems, NotAWanVae, 'the VAE')
+  return weight_files.nest(flat, int_indices=True)
 
 
 def build(cfg: VaeConfig, params: dict, dtype=jnp.float32) -> AutoencoderKLWan:
