@@ -72,11 +72,10 @@ class DiTBlock(nnx.Module):
     Returns (x, internals: the self-attention's q, k, v (and, with_mass, the cache mass) and the
     block's output per token, `hidden` [B, T*S, dim])."""
     b, t, s, d = x.shape
-    mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]  # [B, T, 6, 1, dim]
-    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = [mod[:, :, i] for i in range(6)]
+    mod, h = self._attention_input(x, e)
+    _, _, gate_sa, shift_ff, scale_ff, gate_ff = [mod[:, :, i] for i in range(6)]
     flat = lambda y: y.reshape(b, t * s, d)
-    h = self.norm1(x) * (1 + scale_sa) + shift_sa
-    y, internals = self.self_attn(flat(h).astype(x.dtype), angles, mask, cache, layer, with_mass)
+    y, internals = self.self_attn(h, angles, mask, cache, layer, with_mass)
     x = x + (y.reshape(x.shape) * gate_sa).astype(x.dtype)
     x = x + self.cross_attn(flat(self.norm3(x)), context).reshape(x.shape)
     h = self.norm2(x) * (1 + scale_ff) + shift_ff
@@ -84,13 +83,17 @@ class DiTBlock(nnx.Module):
     internals['hidden'] = x.reshape(b, t * s, d)  # the block's output, per token
     return x, internals
 
+  def _attention_input(self, x, e):
+    """The modulation [B, T, 6, 1, dim] and the self-attention's input [B, T*S, dim]."""
+    b, t, s, d = x.shape
+    mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]
+    h = self.norm1(x) * (1 + mod[:, :, 1]) + mod[:, :, 0]   # scale and shift of attention
+    return mod, h.reshape(b, t * s, d).astype(x.dtype)
+
   def qkv(self, x, e, angles):
     """The self-attention's q, k, v of this block's input, as __call__ computes them, and no
     more: a pass that only writes the cache needs nothing else of the last block."""
-    b, t, s, d = x.shape
-    mod = (self.modulation[...] + e.astype(jnp.float32))[:, :, :, None, :]
-    h = self.norm1(x) * (1 + mod[:, :, 1]) + mod[:, :, 0]
-    q, k, v = self.self_attn.qkv(h.reshape(b, t * s, d).astype(x.dtype), angles)
+    q, k, v = self.self_attn.qkv(self._attention_input(x, e)[1], angles)
     return dict(q=q, k=k, v=v)
 
 
